@@ -1,0 +1,193 @@
+package approver
+
+import (
+	"bytes"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rsa"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/asn1"
+	"encoding/pem"
+	"flag"
+	"fmt"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+
+	certificatesv1 "k8s.io/api/certificates/v1"
+	"k8s.io/apimachinery/pkg/util/validation"
+
+	"github.com/nodecsr/nodecsr/approver/csrtest"
+	"github.com/nodecsr/nodecsr/config"
+)
+
+var updateSeeds = flag.Bool("update-fuzz-seeds", false, "rewrite testdata/fuzz/FuzzEvaluate from csrtest")
+
+// FuzzEvaluate feeds arbitrary requests and requesters to Evaluate with
+// every fact favourable, so that anything the checks let through would be
+// approved. It asserts that Evaluate never panics, is deterministic, agrees
+// with RequestPath and NodeNameOf, and never approves anything that an
+// independent re-check finds ill-formed.
+func FuzzEvaluate(f *testing.F) {
+	p := config.Default()
+	f.Fuzz(func(t *testing.T, request []byte, username, groups string) {
+		csr := &certificatesv1.CertificateSigningRequest{Spec: certificatesv1.CertificateSigningRequestSpec{
+			Request:    request,
+			SignerName: certificatesv1.KubeAPIServerClientKubeletSignerName,
+			Usages:     usagesDSCA,
+			Username:   username,
+		}}
+		if groups != "" {
+			csr.Spec.Groups = strings.Split(groups, ",")
+		}
+		path := RequestPath(p, csr)
+		in := Input{Policy: p, CSR: csr, Facts: goodFacts(path)}
+		d := Evaluate(in)
+		if d2 := Evaluate(in); !reflect.DeepEqual(d, d2) {
+			t.Fatalf("not deterministic:\n%+v\n%+v", d, d2)
+		}
+		if d.Path != path {
+			t.Fatalf("RequestPath %q, Decision.Path %q", path, d.Path)
+		}
+		if d.Reason == "" || d.Message == "" || len(d.Message) > 1000 {
+			t.Fatalf("bad reason or message: %q %q", d.Reason, d.Message)
+		}
+		if d.Verdict != Approve {
+			return
+		}
+		if err := wellFormed(request, username, csr.Spec.Groups); err != nil {
+			t.Fatalf("approved an ill-formed request: %v\n%+v", err, d)
+		}
+		if name, ok := NodeNameOf(csr); !ok || name != d.NodeName {
+			t.Fatalf("NodeNameOf = %q, %v; decision says %q", name, ok, d.NodeName)
+		}
+	})
+}
+
+// wellFormed re-checks an approved request independently of the engine,
+// against the default policy.
+func wellFormed(request []byte, username string, groups []string) error {
+	trimmed := bytes.TrimSpace(request)
+	if !bytes.HasPrefix(trimmed, []byte("-----BEGIN CERTIFICATE REQUEST-----")) ||
+		bytes.Count(trimmed, []byte("-----BEGIN")) != 1 || bytes.Count(trimmed, []byte("-----END")) != 1 {
+		return fmt.Errorf("not exactly one CERTIFICATE REQUEST block")
+	}
+	blk, rest := pem.Decode(trimmed)
+	if blk == nil || len(rest) != 0 || len(blk.Headers) != 0 || blk.Type != "CERTIFICATE REQUEST" {
+		return fmt.Errorf("bad PEM")
+	}
+	cr, err := x509.ParseCertificateRequest(blk.Bytes)
+	if err != nil {
+		return fmt.Errorf("does not parse: %w", err)
+	}
+	if err := cr.CheckSignature(); err != nil {
+		return fmt.Errorf("signature: %w", err)
+	}
+	switch cr.SignatureAlgorithm {
+	case x509.SHA1WithRSA, x509.ECDSAWithSHA1, x509.MD5WithRSA:
+		return fmt.Errorf("weak signature algorithm")
+	}
+	switch k := cr.PublicKey.(type) {
+	case *ecdsa.PublicKey:
+		if k.Curve != elliptic.P256() && k.Curve != elliptic.P384() {
+			return fmt.Errorf("curve %s", k.Curve.Params().Name)
+		}
+	case *rsa.PublicKey:
+		if b := k.N.BitLen(); b < 2048 || b > 4096 {
+			return fmt.Errorf("RSA-%d", b)
+		}
+	default:
+		return fmt.Errorf("key %T", k)
+	}
+	var rdns pkix.RDNSequence
+	if rest, err := asn1.Unmarshal(cr.RawSubject, &rdns); err != nil || len(rest) != 0 || len(rdns) != 2 {
+		return fmt.Errorf("subject is not two RDNs")
+	}
+	var cn, org string
+	for _, rdn := range rdns {
+		if len(rdn) != 1 {
+			return fmt.Errorf("multi-valued RDN")
+		}
+		v, ok := rdn[0].Value.(string)
+		switch {
+		case !ok:
+			return fmt.Errorf("non-string attribute")
+		case rdn[0].Type.Equal(asn1.ObjectIdentifier{2, 5, 4, 3}) && cn == "":
+			cn = v
+		case rdn[0].Type.Equal(asn1.ObjectIdentifier{2, 5, 4, 10}) && org == "":
+			org = v
+		default:
+			return fmt.Errorf("attribute %v", rdn[0].Type)
+		}
+	}
+	name, ok := strings.CutPrefix(cn, "system:node:")
+	if org != "system:nodes" || !ok || len(validation.IsDNS1123Subdomain(name)) > 0 {
+		return fmt.Errorf("subject O=%q CN=%q", org, cn)
+	}
+	if len(cr.Extensions) != 0 || len(cr.DNSNames)+len(cr.IPAddresses)+len(cr.EmailAddresses)+len(cr.URIs) != 0 {
+		return fmt.Errorf("extensions")
+	}
+	if username == cn {
+		return nil
+	}
+	if strings.HasPrefix(username, "system:node:") {
+		return fmt.Errorf("node %q approved for %q", username, cn)
+	}
+	for _, g := range groups {
+		if g == "system:bootstrappers" {
+			return nil
+		}
+	}
+	return fmt.Errorf("requester %q %v is neither the node nor a bootstrapper", username, groups)
+}
+
+// TestWriteFuzzSeeds rewrites the committed seed corpus:
+//
+//	go test ./approver/ -run TestWriteFuzzSeeds -update-fuzz-seeds
+func TestWriteFuzzSeeds(t *testing.T) {
+	if !*updateSeeds {
+		t.Skip("run with -update-fuzz-seeds to rewrite testdata/fuzz/FuzzEvaluate")
+	}
+	node := "system:node:worker-1"
+	nodeGroups := "system:nodes,system:authenticated"
+	boot, bootGroups := "system:bootstrap:abcdef", "system:bootstrappers,system:authenticated"
+	seeds := map[string]struct {
+		req             []byte
+		username, group string
+	}{
+		"renewal-ecdsa-p256":     {csrtest.Request(), node, nodeGroups},
+		"renewal-ecdsa-p384":     {csrtest.Request(ecKey(elliptic.P384())), node, nodeGroups},
+		"renewal-rsa-2048":       {csrtest.Request(rsaKey(2048)), node, nodeGroups},
+		"bootstrap-ecdsa":        {csrtest.Request(withNodeName("new-node")), boot, bootGroups},
+		"bootstrap-other-name":   {csrtest.Request(withNodeName("control-plane-1")), boot, bootGroups},
+		"node-for-another-node":  {csrtest.Request(withNodeName("worker-2")), node, nodeGroups},
+		"ed25519":                {csrtest.Request(ed25519Key()), node, nodeGroups},
+		"p224":                   {csrtest.Request(ecKey(elliptic.P224())), node, nodeGroups},
+		"dns-san":                {csrtest.Request(withDNSSAN("a.example.com")), node, nodeGroups},
+		"ou":                     {csrtest.Request(withSubjectAttr(csrtest.OIDOrganizationalUnit, "x")), node, nodeGroups},
+		"masters":                {csrtest.Request(withOrg("system:nodes", "system:masters")), node, nodeGroups},
+		"other-key":              {csrtest.Request(signedByOtherKey()), node, nodeGroups},
+		"two-blocks":             {csrtest.Request(twoBlocks()), node, nodeGroups},
+		"trailing-garbage":       {csrtest.Request(trailingGarbage()), node, nodeGroups},
+		"trailing-der":           {csrtest.Request(trailingDER()), node, nodeGroups},
+		"challenge-password":     {csrtest.Request(withAttribute(csrtest.OIDChallengePassword, "x")), node, nodeGroups},
+		"multi-valued-rdn":       {csrtest.Request(withRawSubject(rawSubject([]pkix.AttributeTypeAndValue{atv(csrtest.OIDOrganization, "system:nodes"), atv(csrtest.OIDCommonName, node)}))), node, nodeGroups},
+		"lookalike-name":         {csrtest.Request(withNodeName("w\u043erker-1")), "system:node:w\u043erker-1", nodeGroups},
+		"not-pem":                {[]byte("hello"), node, nodeGroups},
+		"empty":                  {nil, boot, bootGroups},
+		"unrecognized-requester": {csrtest.Request(), "alice", "system:authenticated"},
+	}
+	dir := filepath.Join("testdata", "fuzz", "FuzzEvaluate")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for name, s := range seeds {
+		body := fmt.Sprintf("go test fuzz v1\n[]byte(%q)\nstring(%q)\nstring(%q)\n", s.req, s.username, s.group)
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+}

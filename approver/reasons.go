@@ -1,0 +1,177 @@
+package approver
+
+// Reason codes. Each is stable: it is written as the approval condition's
+// reason, put on Events and used as a metric label. docs/reasons.md says
+// what triggers each and what to do about it.
+//
+// A CSR that breaks several rules is reported with every violation; the
+// Decision's Reason is the first of them in the order of Priority.
+const (
+	// ReasonNotKubeletClientSigner: the CSR is for another signer than
+	// kubernetes.io/kube-apiserver-client-kubelet. Verdict Ignore: not ours.
+	ReasonNotKubeletClientSigner = "NotKubeletClientSigner"
+	// ReasonAlreadyDecided: the CSR already has an Approved, Denied or
+	// Failed condition, or a certificate. Verdict Ignore.
+	ReasonAlreadyDecided = "AlreadyDecided"
+	// ReasonInvalidPolicy: the policy given to Evaluate is unusable (its
+	// patterns do not compile). Verdict Ignore; fix the policy.
+	ReasonInvalidPolicy = "InvalidPolicy"
+
+	// ReasonRequestTooLarge: spec.request is larger than
+	// keys.maxRequestBytes; it was not parsed.
+	ReasonRequestTooLarge = "RequestTooLarge"
+	// ReasonMalformedRequest: spec.request is not exactly one PEM block of
+	// type CERTIFICATE REQUEST holding one well-formed PKCS#10 request.
+	ReasonMalformedRequest = "MalformedRequest"
+	// ReasonKeyAlgorithmNotAllowed: the public key's algorithm is not
+	// allowed (Ed25519 while keys.ed25519 is off, RSA while keys.rsa.enabled
+	// is off, DSA, X25519, unknown).
+	ReasonKeyAlgorithmNotAllowed = "KeyAlgorithmNotAllowed"
+	// ReasonKeyCurveNotAllowed: the ECDSA key's curve is not in
+	// keys.ecdsa.curves.
+	ReasonKeyCurveNotAllowed = "KeyCurveNotAllowed"
+	// ReasonKeySizeNotAllowed: the RSA modulus is outside
+	// keys.rsa.minBits..maxBits.
+	ReasonKeySizeNotAllowed = "KeySizeNotAllowed"
+	// ReasonInvalidSignature: the request's signature does not verify with
+	// its own public key, or uses a weak algorithm (MD5, SHA-1).
+	ReasonInvalidSignature = "InvalidSignature"
+	// ReasonInvalidCommonName: the subject's common name is not
+	// system:node:<name> with a non-empty name.
+	ReasonInvalidCommonName = "InvalidCommonName"
+	// ReasonInvalidNodeName: the name in the common name is not a valid
+	// DNS-1123 subdomain.
+	ReasonInvalidNodeName = "InvalidNodeName"
+	// ReasonRequesterMismatch: a node (system:node:<a>) asked for another
+	// node's name. A node can never ask for another node's name.
+	ReasonRequesterMismatch = "RequesterMismatch"
+	// ReasonUnrecognizedRequester: the requester is neither the node itself
+	// nor in a bootstrap group.
+	ReasonUnrecognizedRequester = "UnrecognizedRequester"
+	// ReasonBootstrapDisabled: the requester is a bootstrapper and
+	// bootstrap.enabled is false.
+	ReasonBootstrapDisabled = "BootstrapDisabled"
+	// ReasonInvalidOrganization: the subject does not hold exactly one
+	// organization, system:nodes.
+	ReasonInvalidOrganization = "InvalidOrganization"
+	// ReasonExtraSubjectAttributes: the subject holds something besides one
+	// common name and one organization (OU, C, serialNumber, a second CN, a
+	// multi-valued RDN, ...).
+	ReasonExtraSubjectAttributes = "ExtraSubjectAttributes"
+	// ReasonSANsNotAllowed: the request asks for subject alternative names
+	// (DNS, IP, email, URI), or carries a SAN extension at all.
+	ReasonSANsNotAllowed = "SANsNotAllowed"
+	// ReasonUnexpectedExtensions: the request asks for extensions other
+	// than SAN, or carries attributes other than an extension request, or a
+	// version other than 1.
+	ReasonUnexpectedExtensions = "UnexpectedExtensions"
+	// ReasonInvalidUsages: spec.usages is not exactly {digital signature,
+	// client auth} or {digital signature, key encipherment, client auth}.
+	ReasonInvalidUsages = "InvalidUsages"
+	// ReasonKeyEnciphermentRequiresRSA: key encipherment was asked for with
+	// a non-RSA key while keys.keyEnciphermentRequiresRSA is on.
+	ReasonKeyEnciphermentRequiresRSA = "KeyEnciphermentRequiresRSA"
+	// ReasonLifetimeTooLong: spec.expirationSeconds exceeds
+	// lifetime.maxExpirationSeconds.
+	ReasonLifetimeTooLong = "LifetimeTooLong"
+	// ReasonNodeNameDenied: the node name matches a nodeNames.denied
+	// pattern.
+	ReasonNodeNameDenied = "NodeNameDenied"
+	// ReasonNodeNameNotAllowed: the node name matches no nodeNames.allowed
+	// pattern.
+	ReasonNodeNameNotAllowed = "NodeNameNotAllowed"
+	// ReasonTokenNotBound: bootstrap.requireTokenBinding is on and the
+	// bootstrap token has no entry in bootstrap.tokenBindings.
+	ReasonTokenNotBound = "TokenNotBound"
+	// ReasonTokenNotBoundToName: the bootstrap token is bound to node names
+	// and the requested name is not one of them.
+	ReasonTokenNotBoundToName = "TokenNotBoundToName"
+	// ReasonNotAuthorized: the SubjectAccessReview for the path's
+	// subresource (selfnodeclient or nodeclient) was not allowed.
+	ReasonNotAuthorized = "NotAuthorized"
+	// ReasonNodeAlreadyExists: a bootstrapper claimed the name of a Node
+	// that exists while bootstrap.allowExistingNode is off: a takeover.
+	ReasonNodeAlreadyExists = "NodeAlreadyExists"
+	// ReasonNodeNotFound: a renewal for a node whose Node object does not
+	// exist while renewal.requireNodeExists is on.
+	ReasonNodeNotFound = "NodeNotFound"
+	// ReasonSuperseded: a newer pending CSR for the same node exists and
+	// limits.collapseDuplicates is on; the newest wins.
+	ReasonSuperseded = "Superseded"
+	// ReasonTooManyPending: limits.maxPendingPerNode older CSRs for the same
+	// node are still pending.
+	ReasonTooManyPending = "TooManyPending"
+	// ReasonRateLimited: the bootstrap requester exceeded
+	// bootstrap.rateLimit. Verdict Ignore: the CSR is retried later, never
+	// denied for rate.
+	ReasonRateLimited = "RateLimited"
+	// ReasonFactsIncomplete: every check that ran passed, but a cluster fact
+	// needed for approval was not gathered. Verdict Ignore.
+	ReasonFactsIncomplete = "FactsIncomplete"
+
+	// ReasonInternalError: every check passed but one that approval needs
+	// did not run. It should never happen; Evaluate refuses to approve and
+	// leaves the CSR pending. Report it as a bug.
+	ReasonInternalError = "InternalError"
+
+	// ReasonRenewalApproved: a node renewing its own certificate passed
+	// every check. Verdict Approve.
+	ReasonRenewalApproved = "RenewalApproved"
+	// ReasonBootstrapApproved: a bootstrapper's request passed every check.
+	// Verdict Approve.
+	ReasonBootstrapApproved = "BootstrapApproved"
+)
+
+// priority lists the violation reason codes from the most to the least
+// important.
+var priority = [...]string{
+	ReasonRequestTooLarge,
+	ReasonMalformedRequest,
+	ReasonKeyAlgorithmNotAllowed,
+	ReasonKeyCurveNotAllowed,
+	ReasonKeySizeNotAllowed,
+	ReasonInvalidSignature,
+	ReasonInvalidCommonName,
+	ReasonInvalidNodeName,
+	ReasonRequesterMismatch,
+	ReasonUnrecognizedRequester,
+	ReasonBootstrapDisabled,
+	ReasonInvalidOrganization,
+	ReasonExtraSubjectAttributes,
+	ReasonSANsNotAllowed,
+	ReasonUnexpectedExtensions,
+	ReasonInvalidUsages,
+	ReasonKeyEnciphermentRequiresRSA,
+	ReasonLifetimeTooLong,
+	ReasonNodeNameDenied,
+	ReasonNodeNameNotAllowed,
+	ReasonTokenNotBound,
+	ReasonTokenNotBoundToName,
+	ReasonNotAuthorized,
+	ReasonNodeAlreadyExists,
+	ReasonNodeNotFound,
+	ReasonSuperseded,
+	ReasonTooManyPending,
+	ReasonRateLimited,
+}
+
+// Priority returns the violation reason codes from the most to the least
+// important. The Decision's Reason is the first violation in this order.
+// RateLimited never denies: it applies only when nothing else is wrong.
+func Priority() []string { return append([]string(nil), priority[:]...) }
+
+// AllReasons returns every reason code Evaluate can return.
+func AllReasons() []string {
+	out := []string{ReasonNotKubeletClientSigner, ReasonAlreadyDecided, ReasonInvalidPolicy}
+	out = append(out, priority[:]...)
+	return append(out, ReasonFactsIncomplete, ReasonInternalError, ReasonRenewalApproved, ReasonBootstrapApproved)
+}
+
+// rank maps a violation reason to its place in the priority order.
+var rank = func() map[string]int {
+	m := make(map[string]int, len(priority))
+	for i, r := range priority {
+		m[r] = i
+	}
+	return m
+}()

@@ -1,0 +1,112 @@
+package config
+
+import bootstrapapi "k8s.io/cluster-bootstrap/token/api"
+
+// Defaults. Each is documented on the field it applies to.
+const (
+	DefaultMode               = ModeEnforce
+	DefaultOnViolation        = ViolationDeny
+	DefaultBootstrapEnabled   = true
+	DefaultRateLimitPerMinute = 60
+	DefaultRateLimitBurst     = 20
+	DefaultRequireNodeExists  = true
+	DefaultRSAEnabled         = true
+	DefaultRSAMinBits         = 2048
+	DefaultRSAMaxBits         = 4096
+	DefaultMaxRequestBytes    = 16384
+	DefaultMaxPendingPerNode  = 3
+	DefaultCollapseDuplicates = true
+	DefaultApprovalGuardMode  = GuardOff
+	DefaultBreakGlassGroup    = "system:masters"
+	DefaultBootstrapGroup     = bootstrapapi.BootstrapDefaultGroup
+	MinExpirationSeconds      = 600
+	MinRSABits                = 2048
+	MaxRSABits                = 8192
+	MinMaxRequestBytes        = 1024
+	MaxMaxRequestBytes        = 65536
+	maxPatternLength          = 1024
+)
+
+// DefaultCurves are the ECDSA curves allowed when keys.ecdsa.curves is unset.
+func DefaultCurves() []Curve { return []Curve{CurveP256, CurveP384} }
+
+// Default returns the policy that runs when no policy file is given: the
+// defaulted empty policy, completed.
+func Default() *Policy {
+	p := &Policy{APIVersion: APIVersion, Kind: Kind}
+	if err := p.Complete(); err != nil {
+		// The defaults are valid; a failure here is a programming error.
+		panic("config: default policy is invalid: " + err.Error())
+	}
+	return p
+}
+
+// SetDefaults fills every unset field with its default. It is idempotent
+// and keeps every value that is set, including explicit empty lists.
+func (p *Policy) SetDefaults() {
+	if p.APIVersion == "" {
+		p.APIVersion = APIVersion
+	}
+	if p.Kind == "" {
+		p.Kind = Kind
+	}
+	s := &p.Spec
+	if s.Mode == "" {
+		s.Mode = DefaultMode
+	}
+	if s.OnViolation == "" {
+		s.OnViolation = DefaultOnViolation
+	}
+
+	b := &s.Bootstrap
+	if b.Enabled == nil {
+		b.Enabled = ptrTo(DefaultBootstrapEnabled)
+	}
+	if b.Groups == nil {
+		b.Groups = []string{DefaultBootstrapGroup}
+	}
+	if b.RateLimit.PerMinute == nil {
+		b.RateLimit.PerMinute = ptrTo[int32](DefaultRateLimitPerMinute)
+	}
+	if b.RateLimit.Burst == nil {
+		b.RateLimit.Burst = ptrTo[int32](DefaultRateLimitBurst)
+	}
+
+	if s.Renewal.RequireNodeExists == nil {
+		s.Renewal.RequireNodeExists = ptrTo(DefaultRequireNodeExists)
+	}
+
+	k := &s.Keys
+	if k.ECDSA.Curves == nil {
+		k.ECDSA.Curves = DefaultCurves()
+	}
+	if k.RSA.Enabled == nil {
+		k.RSA.Enabled = ptrTo(DefaultRSAEnabled)
+	}
+	if k.RSA.MinBits == 0 {
+		k.RSA.MinBits = DefaultRSAMinBits
+	}
+	if k.RSA.MaxBits == 0 {
+		k.RSA.MaxBits = DefaultRSAMaxBits
+	}
+	if k.MaxRequestBytes == 0 {
+		k.MaxRequestBytes = DefaultMaxRequestBytes
+	}
+
+	if s.Limits.MaxPendingPerNode == nil {
+		s.Limits.MaxPendingPerNode = ptrTo[int32](DefaultMaxPendingPerNode)
+	}
+	if s.Limits.CollapseDuplicates == nil {
+		s.Limits.CollapseDuplicates = ptrTo(DefaultCollapseDuplicates)
+	}
+
+	g := &s.ApprovalGuard
+	if g.Mode == "" {
+		g.Mode = DefaultApprovalGuardMode
+	}
+	if g.AllowedGroups == nil {
+		g.AllowedGroups = []string{DefaultBreakGlassGroup}
+	}
+}
+
+func ptrTo[T any](v T) *T { return &v }

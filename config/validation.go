@@ -1,0 +1,233 @@
+package config
+
+import (
+	"fmt"
+	"regexp"
+	"regexp/syntax"
+
+	"k8s.io/apimachinery/pkg/util/validation/field"
+	bootstraputil "k8s.io/cluster-bootstrap/token/util"
+)
+
+// forbiddenBootstrapGroups would turn the bootstrap path into "anyone".
+var forbiddenBootstrapGroups = map[string]string{
+	"system:authenticated":   "every authenticated user would be a bootstrapper",
+	"system:unauthenticated": "anonymous requests would be bootstrappers",
+	"system:serviceaccounts": "every service account would be a bootstrapper",
+	"system:nodes":           "nodes renew their own certificate; they are not bootstrappers",
+	"system:masters":         "administrators are not bootstrappers",
+}
+
+// Validate checks a defaulted policy and returns every problem at once, with
+// field paths that follow the YAML keys (spec.keys.rsa.minBits). Call
+// SetDefaults first: unset fields are reported as invalid.
+func (p *Policy) Validate() field.ErrorList {
+	var errs field.ErrorList
+	if p.APIVersion != APIVersion {
+		errs = append(errs, field.NotSupported(field.NewPath("apiVersion"), p.APIVersion, []string{APIVersion}))
+	}
+	if p.Kind != Kind {
+		errs = append(errs, field.NotSupported(field.NewPath("kind"), p.Kind, []string{Kind}))
+	}
+	spec := field.NewPath("spec")
+	s := &p.Spec
+
+	if s.Mode != ModeEnforce && s.Mode != ModeDryRun {
+		errs = append(errs, field.NotSupported(spec.Child("mode"), s.Mode, []Mode{ModeEnforce, ModeDryRun}))
+	}
+	if s.OnViolation != ViolationDeny && s.OnViolation != ViolationLeavePending {
+		errs = append(errs, field.NotSupported(spec.Child("onViolation"), s.OnViolation, []ViolationAction{ViolationDeny, ViolationLeavePending}))
+	}
+
+	nn := spec.Child("nodeNames")
+	errs = append(errs, validatePatterns(nn.Child("allowed"), s.NodeNames.Allowed)...)
+	errs = append(errs, validatePatterns(nn.Child("denied"), s.NodeNames.Denied)...)
+
+	errs = append(errs, validateBootstrap(spec.Child("bootstrap"), &s.Bootstrap)...)
+
+	if s.Renewal.RequireNodeExists == nil {
+		errs = append(errs, field.Required(spec.Child("renewal", "requireNodeExists"), "must be set (call SetDefaults)"))
+	}
+
+	errs = append(errs, validateKeys(spec.Child("keys"), &s.Keys)...)
+	errs = append(errs, validateLifetime(spec.Child("lifetime"), &s.Lifetime)...)
+
+	lim := spec.Child("limits")
+	if s.Limits.MaxPendingPerNode == nil {
+		errs = append(errs, field.Required(lim.Child("maxPendingPerNode"), "must be set (call SetDefaults)"))
+	} else if *s.Limits.MaxPendingPerNode < 0 {
+		errs = append(errs, field.Invalid(lim.Child("maxPendingPerNode"), *s.Limits.MaxPendingPerNode, "must be 0 (no limit) or more"))
+	}
+	if s.Limits.CollapseDuplicates == nil {
+		errs = append(errs, field.Required(lim.Child("collapseDuplicates"), "must be set (call SetDefaults)"))
+	}
+
+	ag := spec.Child("approvalGuard")
+	switch s.ApprovalGuard.Mode {
+	case GuardOff, GuardWarn, GuardEnforce:
+	default:
+		errs = append(errs, field.NotSupported(ag.Child("mode"), s.ApprovalGuard.Mode, []GuardMode{GuardOff, GuardWarn, GuardEnforce}))
+	}
+	errs = append(errs, validateNames(ag.Child("allowedUsers"), s.ApprovalGuard.AllowedUsers)...)
+	errs = append(errs, validateNames(ag.Child("allowedGroups"), s.ApprovalGuard.AllowedGroups)...)
+	return errs
+}
+
+func validateBootstrap(path *field.Path, b *Bootstrap) field.ErrorList {
+	var errs field.ErrorList
+	if b.Enabled == nil {
+		errs = append(errs, field.Required(path.Child("enabled"), "must be set (call SetDefaults)"))
+	}
+	enabled := b.Enabled == nil || *b.Enabled
+	if enabled && len(b.Groups) == 0 {
+		errs = append(errs, field.Required(path.Child("groups"), "at least one group is required while bootstrap is enabled"))
+	}
+	errs = append(errs, validateNames(path.Child("groups"), b.Groups)...)
+	for i, g := range b.Groups {
+		if why, ok := forbiddenBootstrapGroups[g]; ok {
+			errs = append(errs, field.Invalid(path.Child("groups").Index(i), g, "must not be a bootstrap group: "+why))
+		}
+	}
+
+	seen := make(map[string]int, len(b.TokenBindings))
+	for i := range b.TokenBindings {
+		tb := &b.TokenBindings[i]
+		tp := path.Child("tokenBindings").Index(i)
+		switch {
+		case tb.TokenID == "":
+			errs = append(errs, field.Required(tp.Child("tokenID"), "the bootstrap token ID (six characters [a-z0-9])"))
+		case !bootstraputil.IsValidBootstrapTokenID(tb.TokenID):
+			errs = append(errs, field.Invalid(tp.Child("tokenID"), tb.TokenID, "must be a bootstrap token ID: six characters [a-z0-9]"))
+		default:
+			if _, dup := seen[tb.TokenID]; dup {
+				errs = append(errs, field.Duplicate(tp.Child("tokenID"), tb.TokenID))
+			}
+			seen[tb.TokenID] = i
+		}
+		if len(tb.NodeNames) == 0 {
+			errs = append(errs, field.Required(tp.Child("nodeNames"), "at least one pattern is required"))
+		}
+		errs = append(errs, validatePatterns(tp.Child("nodeNames"), tb.NodeNames)...)
+	}
+
+	rl := path.Child("rateLimit")
+	switch {
+	case b.RateLimit.PerMinute == nil:
+		errs = append(errs, field.Required(rl.Child("perMinute"), "must be set (call SetDefaults)"))
+	case *b.RateLimit.PerMinute < 0:
+		errs = append(errs, field.Invalid(rl.Child("perMinute"), *b.RateLimit.PerMinute, "must be 0 (no limit) or more"))
+	}
+	switch {
+	case b.RateLimit.Burst == nil:
+		errs = append(errs, field.Required(rl.Child("burst"), "must be set (call SetDefaults)"))
+	case *b.RateLimit.Burst < 0:
+		errs = append(errs, field.Invalid(rl.Child("burst"), *b.RateLimit.Burst, "must be 0 or more"))
+	case *b.RateLimit.Burst == 0 && b.RateLimit.PerMinute != nil && *b.RateLimit.PerMinute > 0:
+		errs = append(errs, field.Invalid(rl.Child("burst"), *b.RateLimit.Burst, "must be at least 1 while perMinute is set"))
+	}
+	return errs
+}
+
+func validateKeys(path *field.Path, k *Keys) field.ErrorList {
+	var errs field.ErrorList
+	cp := path.Child("ecdsa", "curves")
+	seen := make(map[Curve]bool, len(k.ECDSA.Curves))
+	for i, c := range k.ECDSA.Curves {
+		switch c {
+		case CurveP224, CurveP256, CurveP384, CurveP521:
+		default:
+			errs = append(errs, field.NotSupported(cp.Index(i), c, []Curve{CurveP224, CurveP256, CurveP384, CurveP521}))
+			continue
+		}
+		if seen[c] {
+			errs = append(errs, field.Duplicate(cp.Index(i), c))
+		}
+		seen[c] = true
+	}
+
+	rp := path.Child("rsa")
+	if k.RSA.Enabled == nil {
+		errs = append(errs, field.Required(rp.Child("enabled"), "must be set (call SetDefaults)"))
+	}
+	minOK := true
+	if k.RSA.MinBits < MinRSABits || k.RSA.MinBits > MaxRSABits {
+		errs = append(errs, field.Invalid(rp.Child("minBits"), k.RSA.MinBits, fmt.Sprintf("must be between %d and %d", MinRSABits, MaxRSABits)))
+		minOK = false
+	}
+	if k.RSA.MaxBits < MinRSABits || k.RSA.MaxBits > MaxRSABits {
+		errs = append(errs, field.Invalid(rp.Child("maxBits"), k.RSA.MaxBits, fmt.Sprintf("must be between %d and %d", MinRSABits, MaxRSABits)))
+	} else if minOK && k.RSA.MaxBits < k.RSA.MinBits {
+		errs = append(errs, field.Invalid(rp.Child("maxBits"), k.RSA.MaxBits, fmt.Sprintf("must not be less than minBits (%d)", k.RSA.MinBits)))
+	}
+
+	if k.MaxRequestBytes < MinMaxRequestBytes || k.MaxRequestBytes > MaxMaxRequestBytes {
+		errs = append(errs, field.Invalid(path.Child("maxRequestBytes"), k.MaxRequestBytes, fmt.Sprintf("must be between %d and %d", MinMaxRequestBytes, MaxMaxRequestBytes)))
+	}
+	return errs
+}
+
+func validateLifetime(path *field.Path, l *Lifetime) field.ErrorList {
+	var errs field.ErrorList
+	if l.MaxExpirationSeconds != 0 && l.MaxExpirationSeconds < MinExpirationSeconds {
+		errs = append(errs, field.Invalid(path.Child("maxExpirationSeconds"), l.MaxExpirationSeconds, fmt.Sprintf("must be 0 (no cap) or at least %d, the API server's minimum", MinExpirationSeconds)))
+	}
+	if d := l.DefaultExpirationSeconds; d != nil {
+		switch {
+		case *d < MinExpirationSeconds:
+			errs = append(errs, field.Invalid(path.Child("defaultExpirationSeconds"), *d, fmt.Sprintf("must be at least %d, the API server's minimum", MinExpirationSeconds)))
+		case l.MaxExpirationSeconds > 0 && *d > l.MaxExpirationSeconds:
+			errs = append(errs, field.Invalid(path.Child("defaultExpirationSeconds"), *d, fmt.Sprintf("must not exceed maxExpirationSeconds (%d)", l.MaxExpirationSeconds)))
+		}
+	}
+	return errs
+}
+
+// validatePatterns checks that every entry compiles as an anchored RE2
+// expression.
+func validatePatterns(path *field.Path, patterns []string) field.ErrorList {
+	var errs field.ErrorList
+	for i, pat := range patterns {
+		if _, err := compilePattern(pat); err != nil {
+			errs = append(errs, field.Invalid(path.Index(i), pat, err.Error()))
+		}
+	}
+	return errs
+}
+
+// validateNames checks a list of user or group names: no empty entries, no
+// duplicates.
+func validateNames(path *field.Path, names []string) field.ErrorList {
+	var errs field.ErrorList
+	seen := make(map[string]bool, len(names))
+	for i, n := range names {
+		if n == "" {
+			errs = append(errs, field.Required(path.Index(i), "must not be empty"))
+			continue
+		}
+		if seen[n] {
+			errs = append(errs, field.Duplicate(path.Index(i), n))
+		}
+		seen[n] = true
+	}
+	return errs
+}
+
+// compilePattern compiles a node-name pattern, anchored at both ends.
+func compilePattern(pat string) (*regexp.Regexp, error) {
+	switch {
+	case pat == "":
+		return nil, fmt.Errorf("must not be empty")
+	case len(pat) > maxPatternLength:
+		return nil, fmt.Errorf("must be at most %d characters", maxPatternLength)
+	}
+	// Parse the pattern on its own first: "a)|(b" is unbalanced alone but
+	// would compile, unanchored, inside ^(?:…)$.
+	if _, err := syntax.Parse(pat, syntax.Perl); err != nil {
+		return nil, fmt.Errorf("not a valid RE2 regular expression: %w", err)
+	}
+	re, err := regexp.Compile(`^(?:` + pat + `)$`)
+	if err != nil {
+		return nil, fmt.Errorf("not a valid RE2 regular expression: %w", err)
+	}
+	return re, nil
+}
