@@ -115,10 +115,10 @@ type Facts struct {
 	// NodeExists says whether a Node named NodeNameOf(csr) exists.
 	NodeExists *bool
 	// NewerPendingForNode says whether another pending CSR for the same
-	// node name is newer than this one.
+	// node name, from the same requester, is newer than this one.
 	NewerPendingForNode *bool
 	// PendingForNode is the number of other pending CSRs for the same node
-	// name that are older than this one.
+	// name, from the same requester, that are older than this one.
 	PendingForNode *int
 	// RateLimited says whether the requester exceeded bootstrap.rateLimit
 	// (the caller keeps the buckets).
@@ -910,7 +910,10 @@ func (e *evaluation) clusterFacts() {
 		}
 	}
 
-	if limit := p.MaxPendingPerNode(); limit > 0 {
+	// With collapseDuplicates the older requests are denied as Superseded, so
+	// the newest must not be refused for their number: the limit applies only
+	// when duplicates are kept.
+	if limit := p.MaxPendingPerNode(); limit > 0 && !p.CollapseDuplicates() {
 		switch {
 		case e.facts.PendingForNode == nil:
 			e.missingFact(CheckPendingForNode)

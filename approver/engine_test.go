@@ -176,7 +176,13 @@ func evalCases() map[string]evalCase {
 		"no facts": {
 			noFacts:     true,
 			wantVerdict: Ignore, wantReason: ReasonFactsIncomplete, wantPath: PathRenewal,
-			wantSkipped: []string{CheckAuthorized, CheckNodeExists, CheckNewerPendingForNode, CheckPendingForNode},
+			wantSkipped: []string{CheckAuthorized, CheckNodeExists, CheckNewerPendingForNode},
+		},
+		"no facts, duplicates kept": {
+			noFacts:     true,
+			policy:      func(s *config.Spec) { s.Limits.CollapseDuplicates = ptr(false) },
+			wantVerdict: Ignore, wantReason: ReasonFactsIncomplete, wantPath: PathRenewal,
+			wantSkipped: []string{CheckAuthorized, CheckNodeExists, CheckPendingForNode},
 		},
 		"authorization not gathered": {
 			facts:       &Facts{NodeExists: ptr(true), NewerPendingForNode: ptr(false), PendingForNode: ptr(0)},
@@ -659,8 +665,13 @@ func evalCases() map[string]evalCase {
 			wantVerdict: Approve, wantReason: ReasonRenewalApproved, wantPath: PathRenewal,
 		},
 		"too many pending": {
+			policy:      func(s *config.Spec) { s.Limits.CollapseDuplicates = ptr(false) },
 			facts:       &Facts{Authorized: ptr(true), NodeExists: ptr(true), NewerPendingForNode: ptr(false), PendingForNode: ptr(3)},
 			wantVerdict: Deny, wantReason: ReasonTooManyPending, wantPath: PathRenewal,
+		},
+		"the newest of many duplicates wins when collapsing": {
+			facts:       &Facts{Authorized: ptr(true), NodeExists: ptr(true), NewerPendingForNode: ptr(false), PendingForNode: ptr(50)},
+			wantVerdict: Approve, wantReason: ReasonRenewalApproved, wantPath: PathRenewal,
 		},
 		"pending limit disabled": {
 			policy:      func(s *config.Spec) { s.Limits.MaxPendingPerNode = ptr[int32](0) },
@@ -686,9 +697,9 @@ func evalCases() map[string]evalCase {
 			wantViolations: []string{
 				ReasonInvalidOrganization, ReasonExtraSubjectAttributes, ReasonSANsNotAllowed, ReasonInvalidUsages,
 				ReasonLifetimeTooLong, ReasonNodeNameDenied, ReasonNotAuthorized, ReasonNodeAlreadyExists,
-				ReasonSuperseded, ReasonTooManyPending, ReasonRateLimited,
+				ReasonSuperseded, ReasonRateLimited,
 			},
-			wantMessage: "(also: ExtraSubjectAttributes, SANsNotAllowed, InvalidUsages, LifetimeTooLong, NodeNameDenied, NotAuthorized, NodeAlreadyExists, Superseded, TooManyPending)",
+			wantMessage: "(also: ExtraSubjectAttributes, SANsNotAllowed, InvalidUsages, LifetimeTooLong, NodeNameDenied, NotAuthorized, NodeAlreadyExists, Superseded)",
 		},
 		"malformed request still reports the spec-level violations": {
 			opts:        []csrtest.Option{trailingGarbage(), withUsages(certificatesv1.UsageServerAuth), withExpiration(86400), withUsername("alice"), withGroups()},

@@ -1,0 +1,224 @@
+package approver
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"time"
+
+	authorizationv1 "k8s.io/api/authorization/v1"
+	certificatesv1 "k8s.io/api/certificates/v1"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"golang.org/x/time/rate"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+)
+
+// Authorizer answers whether a CSR's requester may create the given
+// certificatesigningrequests subresource (nodeclient or selfnodeclient).
+type Authorizer interface {
+	Authorize(ctx context.Context, csr *certificatesv1.CertificateSigningRequest, subresource string) (bool, error)
+}
+
+// SARAuthorizer asks the API server with a SubjectAccessReview, exactly as
+// kube-controller-manager's csrapproving controller does, so existing RBAC
+// bindings keep meaning what they mean.
+type SARAuthorizer struct {
+	Client client.Client
+}
+
+// Authorize implements Authorizer.
+func (a SARAuthorizer) Authorize(ctx context.Context, csr *certificatesv1.CertificateSigningRequest, subresource string) (bool, error) {
+	extra := make(map[string]authorizationv1.ExtraValue, len(csr.Spec.Extra))
+	for k, v := range csr.Spec.Extra {
+		extra[k] = authorizationv1.ExtraValue(v)
+	}
+	sar := &authorizationv1.SubjectAccessReview{
+		Spec: authorizationv1.SubjectAccessReviewSpec{
+			User:   csr.Spec.Username,
+			UID:    csr.Spec.UID,
+			Groups: csr.Spec.Groups,
+			Extra:  extra,
+			ResourceAttributes: &authorizationv1.ResourceAttributes{
+				Group:       certificatesv1.GroupName,
+				Resource:    "certificatesigningrequests",
+				Verb:        "create",
+				Subresource: subresource,
+			},
+		},
+	}
+	if err := a.Client.Create(ctx, sar); err != nil {
+		return false, fmt.Errorf("failed to create SubjectAccessReview for %q: %w", csr.Spec.Username, err)
+	}
+	return sar.Status.Allowed, nil
+}
+
+// NodeLookup answers whether a Node exists.
+type NodeLookup interface {
+	NodeExists(ctx context.Context, name string) (bool, error)
+}
+
+// CachedNodes looks Nodes up in a metadata-only informer cache.
+type CachedNodes struct {
+	Reader client.Reader
+}
+
+// NodeExists implements NodeLookup.
+func (n CachedNodes) NodeExists(ctx context.Context, name string) (bool, error) {
+	err := n.Reader.Get(ctx, client.ObjectKey{Name: name}, NodeMetadata())
+	switch {
+	case err == nil:
+		return true, nil
+	case apierrors.IsNotFound(err):
+		return false, nil
+	default:
+		return false, fmt.Errorf("failed to look up node %q: %w", name, err)
+	}
+}
+
+// NodeMetadata is an empty metadata-only Node, the type the cache holds.
+func NodeMetadata() *metav1.PartialObjectMetadata {
+	m := &metav1.PartialObjectMetadata{}
+	m.SetGroupVersionKind(corev1.SchemeGroupVersion.WithKind("Node"))
+	return m
+}
+
+// Field indexes on the CSR cache.
+const (
+	// IndexNodeName indexes CSRs by the node name in their subject.
+	IndexNodeName = "nodecsr.io/node-name"
+	// IndexNodeRequester indexes CSRs by node name and requester.
+	IndexNodeRequester = "nodecsr.io/node-requester"
+)
+
+func nodeRequesterKey(node, username string) string { return node + "\x00" + username }
+
+// IndexCSRByNodeName is the index function for IndexNodeName.
+func IndexCSRByNodeName(obj client.Object) []string {
+	csr, ok := obj.(*certificatesv1.CertificateSigningRequest)
+	if !ok {
+		return nil
+	}
+	if name, ok := NodeNameOf(csr); ok {
+		return []string{name}
+	}
+	return nil
+}
+
+// IndexCSRByNodeRequester is the index function for IndexNodeRequester.
+func IndexCSRByNodeRequester(obj client.Object) []string {
+	csr, ok := obj.(*certificatesv1.CertificateSigningRequest)
+	if !ok {
+		return nil
+	}
+	if name, ok := NodeNameOf(csr); ok {
+		return []string{nodeRequesterKey(name, csr.Spec.Username)}
+	}
+	return nil
+}
+
+// IsPending reports whether a CSR has no decision and no certificate yet.
+func IsPending(csr *certificatesv1.CertificateSigningRequest) bool {
+	if len(csr.Status.Certificate) > 0 {
+		return false
+	}
+	for _, c := range csr.Status.Conditions {
+		switch c.Type {
+		case certificatesv1.CertificateApproved, certificatesv1.CertificateDenied, certificatesv1.CertificateFailed:
+			return false
+		}
+	}
+	return true
+}
+
+// newerThan orders CSRs by creation time, then by name: the order in which
+// "newest wins" is decided. Creation timestamps have one-second resolution,
+// so the name breaks ties deterministically.
+func newerThan(a, b *certificatesv1.CertificateSigningRequest) bool {
+	if !a.CreationTimestamp.Equal(&b.CreationTimestamp) {
+		return b.CreationTimestamp.Before(&a.CreationTimestamp)
+	}
+	return a.Name > b.Name
+}
+
+// pendingFacts counts the other pending CSRs for the same node name from the
+// same requester in the cache: whether one is newer, and how many are older.
+func pendingFacts(ctx context.Context, r client.Reader, csr *certificatesv1.CertificateSigningRequest, node string) (newer bool, older int, err error) {
+	var list certificatesv1.CertificateSigningRequestList
+	if err := r.List(ctx, &list, client.MatchingFields{IndexNodeRequester: nodeRequesterKey(node, csr.Spec.Username)}); err != nil {
+		return false, 0, fmt.Errorf("failed to list pending CSRs for node %q: %w", node, err)
+	}
+	newer, older = PendingAround(csr, node, list.Items)
+	return newer, older, nil
+}
+
+// PendingAround looks through others for pending CSRs for the same node name
+// from the same requester as csr: whether one is newer, and how many are older.
+func PendingAround(csr *certificatesv1.CertificateSigningRequest, node string, others []certificatesv1.CertificateSigningRequest) (newer bool, older int) {
+	for i := range others {
+		other := &others[i]
+		if other.UID == csr.UID || other.Spec.Username != csr.Spec.Username || !IsPending(other) {
+			continue
+		}
+		if name, ok := NodeNameOf(other); !ok || name != node {
+			continue
+		}
+		if newerThan(other, csr) {
+			newer = true
+		} else {
+			older++
+		}
+	}
+	return newer, older
+}
+
+// requesterLimiter keeps one token bucket per bootstrap requester. Buckets
+// idle for longer than a refill period are dropped so the map stays small.
+type requesterLimiter struct {
+	mu        sync.Mutex
+	perMinute int
+	burst     int
+	buckets   map[string]*bucket
+	lastSweep time.Time
+}
+
+type bucket struct {
+	lim  *rate.Limiter
+	seen time.Time
+}
+
+// take reports whether the requester may have one more approval now, and if
+// not, how long until it may.
+func (l *requesterLimiter) take(requester string, perMinute, burst int, now time.Time) (bool, time.Duration) {
+	if perMinute <= 0 {
+		return true, 0
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.buckets == nil || l.perMinute != perMinute || l.burst != burst {
+		// A new policy starts from full buckets.
+		l.buckets, l.perMinute, l.burst = map[string]*bucket{}, perMinute, burst
+	}
+	if now.Sub(l.lastSweep) > time.Minute {
+		for k, b := range l.buckets {
+			if now.Sub(b.seen) > 10*time.Minute {
+				delete(l.buckets, k)
+			}
+		}
+		l.lastSweep = now
+	}
+	b := l.buckets[requester]
+	if b == nil {
+		b = &bucket{lim: rate.NewLimiter(rate.Limit(float64(perMinute)/60), burst)}
+		l.buckets[requester] = b
+	}
+	b.seen = now
+	if b.lim.AllowN(now, 1) {
+		return true, 0
+	}
+	r := b.lim.ReserveN(now, 1)
+	delay := r.DelayFrom(now)
+	r.CancelAt(now)
+	return false, delay
+}

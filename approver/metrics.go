@@ -1,0 +1,109 @@
+package approver
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/prometheus/client_golang/prometheus"
+	certificatesv1 "k8s.io/api/certificates/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+)
+
+// Metrics are the approver's Prometheus metrics. docs/metrics.md describes them.
+type Metrics struct {
+	Decisions       *prometheus.CounterVec
+	DecisionLatency *prometheus.HistogramVec
+	DecidedElsewhere prometheus.Counter
+	WriteConflicts  prometheus.Counter
+	EventErrors     prometheus.Counter
+	FactErrors      *prometheus.CounterVec
+}
+
+// NewMetrics creates the approver's metrics and registers them with reg.
+// pending, when set, backs nodecsr_pending_csrs (read from the cache at scrape time).
+func NewMetrics(reg prometheus.Registerer, pending client.Reader) *Metrics {
+	m := &Metrics{
+		Decisions: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "nodecsr_decisions_total",
+			Help: "Decisions on kubelet client CSRs, by decision (Approve, Deny, Ignore, WouldApprove, WouldDeny), reason code and path (Renewal, Bootstrap or empty).",
+		}, []string{"decision", "reason", "path"}),
+		DecisionLatency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "nodecsr_decision_latency_seconds",
+			Help:    "Time from a CSR's creation to nodecsr's written decision (creation timestamps have one-second resolution).",
+			Buckets: []float64{0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600},
+		}, []string{"decision"}),
+		DecidedElsewhere: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "nodecsr_decided_elsewhere_total",
+			Help: "CSRs that someone else approved or denied before nodecsr's decision was written; nodecsr left them alone.",
+		}),
+		WriteConflicts: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "nodecsr_approval_conflicts_total",
+			Help: "Approval-subresource writes that hit a conflict and were retried.",
+		}),
+		EventErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "nodecsr_event_errors_total",
+			Help: "Decision Events that could not be written.",
+		}),
+		FactErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "nodecsr_fact_errors_total",
+			Help: "Failures to gather a cluster fact (SubjectAccessReview, node lookup, pending CSRs); the CSR is retried.",
+		}, []string{"fact"}),
+	}
+	collectors := []prometheus.Collector{m.Decisions, m.DecisionLatency, m.DecidedElsewhere, m.WriteConflicts, m.EventErrors, m.FactErrors}
+	if pending != nil {
+		collectors = append(collectors, pendingCollector{reader: pending, desc: prometheus.NewDesc(
+			"nodecsr_pending_csrs", "Kubelet client CSRs without a decision or certificate, from nodecsr's cache.", nil, nil)})
+	}
+	m.Decisions = Register(reg, m.Decisions)
+	m.DecisionLatency = Register(reg, m.DecisionLatency)
+	m.DecidedElsewhere = Register(reg, m.DecidedElsewhere)
+	m.WriteConflicts = Register(reg, m.WriteConflicts)
+	m.EventErrors = Register(reg, m.EventErrors)
+	m.FactErrors = Register(reg, m.FactErrors)
+	if pending != nil {
+		// The cache behind a collector is this instance's: replace an earlier one.
+		reg.Unregister(collectors[len(collectors)-1])
+		reg.MustRegister(collectors[len(collectors)-1])
+	}
+	return m
+}
+
+// Register registers c, or returns the collector already registered under
+// the same name: a controller restarted in the same process (tests) keeps
+// counting in the same series.
+func Register[C prometheus.Collector](reg prometheus.Registerer, c C) C {
+	if err := reg.Register(c); err != nil {
+		var are prometheus.AlreadyRegisteredError
+		if errors.As(err, &are) {
+			if existing, ok := are.ExistingCollector.(C); ok {
+				return existing
+			}
+		}
+		panic(fmt.Sprintf("failed to register metric: %v", err))
+	}
+	return c
+}
+
+// pendingCollector counts pending CSRs in the cache when scraped.
+type pendingCollector struct {
+	reader client.Reader
+	desc   *prometheus.Desc
+}
+
+func (c pendingCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+
+func (c pendingCollector) Collect(ch chan<- prometheus.Metric) {
+	var list certificatesv1.CertificateSigningRequestList
+	if err := c.reader.List(context.Background(), &list, client.UnsafeDisableDeepCopy); err != nil {
+		ch <- prometheus.NewInvalidMetric(c.desc, err)
+		return
+	}
+	n := 0
+	for i := range list.Items {
+		if IsPending(&list.Items[i]) {
+			n++
+		}
+	}
+	ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, float64(n))
+}

@@ -1,0 +1,315 @@
+package approver
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"time"
+
+	certificatesv1 "k8s.io/api/certificates/v1"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/utils/clock"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/builder"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller"
+	"sigs.k8s.io/controller-runtime/pkg/event"
+	"sigs.k8s.io/controller-runtime/pkg/handler"
+	"sigs.k8s.io/controller-runtime/pkg/log"
+	"sigs.k8s.io/controller-runtime/pkg/predicate"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+	"sigs.k8s.io/controller-runtime/pkg/source"
+
+	"github.com/nodecsr/nodecsr/config"
+)
+
+// KubeletClientSigner is the only signer nodecsr decides for.
+const KubeletClientSigner = certificatesv1.KubeAPIServerClientKubeletSignerName
+
+// Decisions that write no condition are re-examined after these delays.
+const (
+	leftPendingRetry     = 5 * time.Minute
+	factsIncompleteRetry = 30 * time.Second
+)
+
+// Reconciler decides pending kubelet client CSRs: it gathers the cluster
+// facts, calls Evaluate, writes one approval-subresource update, and records
+// the decision as an Event, a log line and metrics.
+type Reconciler struct {
+	// Client reads CSRs from the cache and writes approvals and Events.
+	Client client.Client
+	// APIReader reads from the API server directly, after a write conflict.
+	APIReader client.Reader
+	// Policy returns the policy in force.
+	Policy func() *config.Policy
+	// Authorizer runs the SubjectAccessReview for the request's path.
+	Authorizer Authorizer
+	// Nodes tells whether a Node exists.
+	Nodes NodeLookup
+	// Events records decisions; Metrics counts them.
+	Events  *EventRecorder
+	Metrics *Metrics
+	// Clock is the time source (a fake in tests).
+	Clock clock.PassiveClock
+
+	limiter  requesterLimiter
+	reported reportedSet
+	reloads  chan event.TypedGenericEvent[*certificatesv1.CertificateSigningRequest]
+}
+
+// CacheOptions restricts the manager's cache to what the approver needs:
+// kubelet client CSRs only (field selector on spec.signerName), without
+// managedFields. Nodes are cached as metadata only by SetupWithManager.
+func CacheOptions() cache.Options {
+	return cache.Options{
+		DefaultTransform: cache.TransformStripManagedFields(),
+		ByObject: map[client.Object]cache.ByObject{
+			&certificatesv1.CertificateSigningRequest{}: {
+				Field: fields.OneTermEqualSelector("spec.signerName", KubeletClientSigner),
+			},
+		},
+	}
+}
+
+// SetupWithManager registers the indexes and the controller.
+func (r *Reconciler) SetupWithManager(ctx context.Context, mgr ctrl.Manager, workers int) error {
+	if r.Clock == nil {
+		r.Clock = clock.RealClock{}
+	}
+	r.reloads = make(chan event.TypedGenericEvent[*certificatesv1.CertificateSigningRequest], 1024)
+	idx := mgr.GetFieldIndexer()
+	if err := idx.IndexField(ctx, &certificatesv1.CertificateSigningRequest{}, IndexNodeName, IndexCSRByNodeName); err != nil {
+		return fmt.Errorf("failed to index CSRs by node name: %w", err)
+	}
+	if err := idx.IndexField(ctx, &certificatesv1.CertificateSigningRequest{}, IndexNodeRequester, IndexCSRByNodeRequester); err != nil {
+		return fmt.Errorf("failed to index CSRs by node and requester: %w", err)
+	}
+	ours := predicate.NewPredicateFuncs(func(o client.Object) bool {
+		csr, ok := o.(*certificatesv1.CertificateSigningRequest)
+		return ok && csr.Spec.SignerName == KubeletClientSigner && IsPending(csr)
+	})
+	// A Node that appears or goes away can change the verdict on CSRs left
+	// pending for it (onViolation: LeavePending).
+	nodeLifecycle := predicate.Funcs{
+		UpdateFunc:  func(event.UpdateEvent) bool { return false },
+		GenericFunc: func(event.GenericEvent) bool { return false },
+	}
+	return ctrl.NewControllerManagedBy(mgr).
+		Named("nodecsr-approver").
+		For(&certificatesv1.CertificateSigningRequest{}, builder.WithPredicates(ours)).
+		WatchesMetadata(NodeMetadata(), handler.EnqueueRequestsFromMapFunc(r.csrsForNode), builder.WithPredicates(nodeLifecycle)).
+		WatchesRawSource(source.Channel(r.reloads, &handler.TypedEnqueueRequestForObject[*certificatesv1.CertificateSigningRequest]{})).
+		WithOptions(controller.Options{MaxConcurrentReconciles: workers}).
+		Complete(r)
+}
+
+func (r *Reconciler) csrsForNode(ctx context.Context, node client.Object) []reconcile.Request {
+	var list certificatesv1.CertificateSigningRequestList
+	if err := r.Client.List(ctx, &list, client.MatchingFields{IndexNodeName: node.GetName()}); err != nil {
+		log.FromContext(ctx).Error(err, "Failed to list CSRs for node", "node", node.GetName())
+		return nil
+	}
+	var reqs []reconcile.Request
+	for i := range list.Items {
+		if IsPending(&list.Items[i]) {
+			reqs = append(reqs, reconcile.Request{NamespacedName: types.NamespacedName{Name: list.Items[i].Name}})
+		}
+	}
+	return reqs
+}
+
+// PolicyChanged re-queues every pending CSR so the new policy applies to the
+// ones decided without a condition (DryRun, LeavePending, rate limited).
+func (r *Reconciler) PolicyChanged(ctx context.Context) {
+	var list certificatesv1.CertificateSigningRequestList
+	if err := r.Client.List(ctx, &list); err != nil {
+		log.FromContext(ctx).Error(err, "Failed to list CSRs after a policy change")
+		return
+	}
+	for i := range list.Items {
+		if !IsPending(&list.Items[i]) {
+			continue
+		}
+		select {
+		case r.reloads <- event.TypedGenericEvent[*certificatesv1.CertificateSigningRequest]{Object: &list.Items[i]}:
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
+// Reconcile decides one CSR.
+func (r *Reconciler) Reconcile(ctx context.Context, req reconcile.Request) (reconcile.Result, error) {
+	csr := &certificatesv1.CertificateSigningRequest{}
+	if err := r.Client.Get(ctx, req.NamespacedName, csr); err != nil {
+		return reconcile.Result{}, client.IgnoreNotFound(err)
+	}
+	if csr.Spec.SignerName != KubeletClientSigner || !IsPending(csr) {
+		return reconcile.Result{}, nil
+	}
+	policy := r.Policy()
+	l := log.FromContext(ctx).WithValues("csr", csr.Name, "requester", csr.Spec.Username, "policy", policy.Digest())
+	ctx = log.IntoContext(ctx, l)
+
+	// The static verdict first: a hopeless CSR costs no API call.
+	d := Evaluate(Input{Policy: policy, CSR: csr})
+	var retry time.Duration
+	if d.Verdict == Ignore && d.Reason == ReasonFactsIncomplete {
+		facts, err := r.gather(ctx, policy, csr, d)
+		if err != nil {
+			return reconcile.Result{}, err
+		}
+		d = Evaluate(Input{Policy: policy, CSR: csr, Facts: facts})
+		if d.Verdict == Approve && d.Path == PathBootstrap {
+			perMinute, burst := policy.RateLimit()
+			if ok, wait := r.limiter.take(csr.Spec.Username, perMinute, burst, r.Clock.Now()); !ok {
+				facts.RateLimited = ptrTo(true)
+				d = Evaluate(Input{Policy: policy, CSR: csr, Facts: facts})
+				retry = wait
+			}
+		}
+	}
+	return r.record(ctx, policy, csr, d, retry)
+}
+
+func (r *Reconciler) gather(ctx context.Context, policy *config.Policy, csr *certificatesv1.CertificateSigningRequest, static Decision) (Facts, error) {
+	facts := Facts{RateLimited: ptrTo(false)}
+	allowed, err := r.Authorizer.Authorize(ctx, csr, SubresourceFor(static.Path))
+	if err != nil {
+		r.Metrics.FactErrors.WithLabelValues("SubjectAccessReview").Inc()
+		return facts, err
+	}
+	facts.Authorized = &allowed
+	exists, err := r.Nodes.NodeExists(ctx, static.NodeName)
+	if err != nil {
+		r.Metrics.FactErrors.WithLabelValues("Node").Inc()
+		return facts, err
+	}
+	facts.NodeExists = &exists
+	newer, older, err := pendingFacts(ctx, r.Client, csr, static.NodeName)
+	if err != nil {
+		r.Metrics.FactErrors.WithLabelValues("PendingCSRs").Inc()
+		return facts, err
+	}
+	facts.NewerPendingForNode, facts.PendingForNode = &newer, &older
+	return facts, nil
+}
+
+// record makes the decision's one write and records it.
+func (r *Reconciler) record(ctx context.Context, policy *config.Policy, csr *certificatesv1.CertificateSigningRequest, d Decision, retry time.Duration) (reconcile.Result, error) {
+	l := log.FromContext(ctx)
+	switch {
+	case d.Verdict == Ignore && (d.Reason == ReasonNotKubeletClientSigner || d.Reason == ReasonAlreadyDecided):
+		return reconcile.Result{}, nil
+	case d.Verdict == Ignore:
+		if retry == 0 {
+			retry = leftPendingRetry
+			if d.Reason == ReasonFactsIncomplete {
+				retry = factsIncompleteRetry
+			}
+		}
+		r.report(ctx, policy, csr, d, "Ignore", "LeftPending")
+		return reconcile.Result{RequeueAfter: retry}, nil
+	case policy.EffectiveMode() == config.ModeDryRun:
+		label := "Would" + string(d.Verdict)
+		r.report(ctx, policy, csr, d, label, label)
+		return reconcile.Result{}, nil
+	}
+
+	condType, eventType, action := certificatesv1.CertificateApproved, corev1.EventTypeNormal, "Approved"
+	if d.Verdict == Deny {
+		condType, eventType, action = certificatesv1.CertificateDenied, corev1.EventTypeWarning, "Denied"
+	}
+	now := r.Clock.Now()
+	csr.Status.Conditions = append(csr.Status.Conditions, certificatesv1.CertificateSigningRequestCondition{
+		Type:           condType,
+		Status:         corev1.ConditionTrue,
+		Reason:         d.Reason,
+		Message:        d.Message,
+		LastUpdateTime: metav1.NewTime(now),
+	})
+	if err := r.Client.SubResource("approval").Update(ctx, csr); err != nil {
+		switch {
+		case apierrors.IsNotFound(err):
+			return reconcile.Result{}, nil
+		case apierrors.IsConflict(err):
+			return r.conflict(ctx, csr.Name)
+		default:
+			return reconcile.Result{}, fmt.Errorf("failed to write %s for CSR %q: %w", condType, csr.Name, err)
+		}
+	}
+	r.Metrics.Decisions.WithLabelValues(string(d.Verdict), d.Reason, string(d.Path)).Inc()
+	r.Metrics.DecisionLatency.WithLabelValues(string(d.Verdict)).Observe(now.Sub(csr.CreationTimestamp.Time).Seconds())
+	l.Info("Decided CSR", "decision", d.Verdict, "reason", d.Reason, "path", d.Path, "node", d.NodeName, "message", d.Message)
+	if err := r.Events.Event(ctx, csr, "CertificateSigningRequest", certificatesv1.SchemeGroupVersion.String(), eventType, d.Reason, action, d.Message); err != nil {
+		r.Metrics.EventErrors.Inc()
+		l.Error(err, "Failed to record the decision Event")
+	}
+	return reconcile.Result{}, nil
+}
+
+// conflict handles a write that lost a race: if someone else decided the CSR
+// it is left alone; otherwise it is decided again from fresh state.
+func (r *Reconciler) conflict(ctx context.Context, name string) (reconcile.Result, error) {
+	fresh := &certificatesv1.CertificateSigningRequest{}
+	if err := r.APIReader.Get(ctx, client.ObjectKey{Name: name}, fresh); err != nil {
+		return reconcile.Result{}, client.IgnoreNotFound(err)
+	}
+	if !IsPending(fresh) {
+		r.Metrics.DecidedElsewhere.Inc()
+		log.FromContext(ctx).Info("CSR was decided elsewhere; leaving it alone")
+		return reconcile.Result{}, nil
+	}
+	r.Metrics.WriteConflicts.Inc()
+	return reconcile.Result{Requeue: true}, nil
+}
+
+// report records a decision that writes no condition (DryRun, left pending).
+// The same verdict and reason under the same policy is reported once per
+// CSR, however often the CSR is re-examined.
+func (r *Reconciler) report(ctx context.Context, policy *config.Policy, csr *certificatesv1.CertificateSigningRequest, d Decision, label, action string) {
+	key := string(csr.UID) + "/" + label + "/" + d.Reason + "/" + policy.Digest()
+	if !r.reported.add(key) {
+		return
+	}
+	r.Metrics.Decisions.WithLabelValues(label, d.Reason, string(d.Path)).Inc()
+	log.FromContext(ctx).Info("Decided CSR without writing a condition", "decision", label, "reason", d.Reason, "path", d.Path, "node", d.NodeName, "message", d.Message)
+	eventType := corev1.EventTypeNormal
+	if d.Verdict == Deny || d.Reason != ReasonRateLimited && d.Verdict == Ignore {
+		eventType = corev1.EventTypeWarning
+	}
+	note := fmt.Sprintf("%s (%s): %s", label, policy.EffectiveMode(), d.Message)
+	if err := r.Events.Event(ctx, csr, "CertificateSigningRequest", certificatesv1.SchemeGroupVersion.String(), eventType, d.Reason, action, note); err != nil {
+		r.Metrics.EventErrors.Inc()
+		log.FromContext(ctx).Error(err, "Failed to record the decision Event")
+	}
+}
+
+// reportedSet remembers which condition-less decisions were reported. It is
+// bounded: when full it starts again (at worst an Event is repeated).
+type reportedSet struct {
+	mu   sync.Mutex
+	seen map[string]struct{}
+}
+
+const reportedSetMax = 100_000
+
+func (s *reportedSet) add(key string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, ok := s.seen[key]; ok {
+		return false
+	}
+	if s.seen == nil || len(s.seen) >= reportedSetMax {
+		s.seen = map[string]struct{}{}
+	}
+	s.seen[key] = struct{}{}
+	return true
+}
+
+func ptrTo[T any](v T) *T { return &v }

@@ -1,0 +1,324 @@
+package app
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+
+	"github.com/spf13/cobra"
+	certificatesv1 "k8s.io/api/certificates/v1"
+	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/serializer"
+	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/nodecsr/nodecsr/approver"
+	"github.com/nodecsr/nodecsr/config"
+)
+
+// maxManifestBytes bounds what explain reads from a file or stdin.
+const maxManifestBytes = 32 << 20
+
+type explainOptions struct {
+	file       string
+	policyFile string
+	output     string
+	kubeconfig string
+}
+
+func newExplainCommand(stdout io.Writer) *cobra.Command {
+	o := &explainOptions{output: "text"}
+	cmd := &cobra.Command{
+		Use:   "explain (-f FILE | --kubeconfig KUBECONFIG NAME...)",
+		Short: "Show the decision nodecsr would make on CSRs, and why",
+		Long: `explain runs nodecsr's decision engine on CertificateSigningRequests and prints the
+decision, its reason code, its message and every check.
+
+With -f it reads manifests as 'kubectl get csr NAME -o yaml' prints them (several
+documents or a List are fine; -f - reads stdin) and, without cluster access, lists the
+cluster facts it could not check (SubjectAccessReview, Node existence, pending CSRs)
+as skipped. With --kubeconfig and CSR names it reads the CSRs from the cluster and
+gathers those facts too. The bootstrap rate limit lives in the running controller's
+memory and is never checked here.
+
+Exit status: 0 when every CSR could be evaluated (whatever the decision), 1 when the
+input could not be read, 2 on wrong usage.`,
+		Example: `  kubectl get csr node-csr-abc -o yaml | nodecsr-controller explain -f -
+  nodecsr-controller explain -f csr.yaml --policy policy.yaml -o json
+  nodecsr-controller explain --kubeconfig ~/.kube/config node-csr-abc`,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := o.validate(args); err != nil {
+				return usageError{err}
+			}
+			return o.run(cmd.Context(), cmd.InOrStdin(), stdout, args)
+		},
+	}
+	fs := cmd.Flags()
+	fs.StringVarP(&o.file, "filename", "f", "", "CSR manifest file (YAML or JSON); - reads stdin.")
+	fs.StringVar(&o.policyFile, "policy", "", "Policy file; empty uses the default policy.")
+	fs.StringVarP(&o.output, "output", "o", o.output, "Output format: text or json (one object per CSR, one per line).")
+	fs.StringVar(&o.kubeconfig, "kubeconfig", "", "Read the named CSRs from this cluster and gather the cluster facts.")
+	return cmd
+}
+
+func (o *explainOptions) validate(args []string) error {
+	var errs []error
+	switch {
+	case o.file == "" && len(args) == 0:
+		errs = append(errs, errors.New("give -f FILE, or --kubeconfig and CSR names"))
+	case o.file != "" && len(args) > 0:
+		errs = append(errs, errors.New("-f and CSR names are exclusive"))
+	case len(args) > 0 && o.kubeconfig == "":
+		errs = append(errs, errors.New("CSR names need --kubeconfig"))
+	}
+	if o.output != "text" && o.output != "json" {
+		errs = append(errs, fmt.Errorf("-o must be text or json, got %q", o.output))
+	}
+	return errors.Join(errs...)
+}
+
+// Explanation is explain's JSON output for one CSR.
+type Explanation struct {
+	Name       string           `json:"name"`
+	Decision   approver.Verdict `json:"decision"`
+	Reason     string           `json:"reason"`
+	Message    string           `json:"message"`
+	Path       approver.Path    `json:"path,omitempty"`
+	Node       string           `json:"node,omitempty"`
+	Requester  string           `json:"requester,omitempty"`
+	Policy     string           `json:"policy"`
+	Checks     []CheckResult    `json:"checks"`
+	Violations []string         `json:"violations"`
+	Skipped    []string         `json:"skipped"`
+}
+
+// CheckResult is one check in explain's output.
+type CheckResult struct {
+	Name    string               `json:"name"`
+	Result  approver.CheckResult `json:"result"`
+	Reason  string               `json:"reason,omitempty"`
+	Message string               `json:"message,omitempty"`
+}
+
+func (o *explainOptions) run(ctx context.Context, stdin io.Reader, stdout io.Writer, names []string) error {
+	policy := config.Default()
+	if o.policyFile != "" {
+		p, err := config.Load(o.policyFile)
+		if err != nil {
+			return err
+		}
+		policy = p
+	}
+	var csrs []*certificatesv1.CertificateSigningRequest
+	var c client.Client
+	if o.file != "" {
+		data, err := readInput(o.file, stdin)
+		if err != nil {
+			return err
+		}
+		if csrs, err = decodeCSRs(data); err != nil {
+			return fmt.Errorf("failed to read CSRs from %s: %w", o.file, err)
+		}
+	} else {
+		cfg, err := restConfig(&Options{Kubeconfig: o.kubeconfig, KubeAPIQPS: 50, KubeAPIBurst: 100})
+		if err != nil {
+			return err
+		}
+		scheme := runtime.NewScheme()
+		if err := clientgoscheme.AddToScheme(scheme); err != nil {
+			return err
+		}
+		if c, err = client.New(cfg, client.Options{Scheme: scheme}); err != nil {
+			return fmt.Errorf("failed to create a client: %w", err)
+		}
+		for _, name := range names {
+			csr := &certificatesv1.CertificateSigningRequest{}
+			if err := c.Get(ctx, client.ObjectKey{Name: name}, csr); err != nil {
+				return fmt.Errorf("failed to get CSR %q: %w", name, err)
+			}
+			csrs = append(csrs, csr)
+		}
+	}
+	for _, csr := range csrs {
+		facts := approver.Facts{}
+		if c != nil {
+			var err error
+			if facts, err = liveFacts(ctx, c, policy, csr); err != nil {
+				return err
+			}
+		}
+		d := approver.Evaluate(approver.Input{Policy: policy, CSR: csr, Facts: facts})
+		if err := render(stdout, o.output, explanation(csr, policy, d)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func readInput(file string, stdin io.Reader) ([]byte, error) {
+	r := stdin
+	if file != "-" {
+		f, err := os.Open(file)
+		if err != nil {
+			return nil, fmt.Errorf("failed to open %s: %w", file, err)
+		}
+		defer func() { _ = f.Close() }()
+		r = f
+	}
+	data, err := io.ReadAll(io.LimitReader(r, maxManifestBytes+1))
+	if err != nil {
+		return nil, fmt.Errorf("failed to read %s: %w", file, err)
+	}
+	if len(data) > maxManifestBytes {
+		return nil, fmt.Errorf("%s is larger than %d MiB", file, maxManifestBytes>>20)
+	}
+	return data, nil
+}
+
+// decodeCSRs reads CertificateSigningRequests from YAML or JSON documents,
+// also inside a List as kubectl prints several objects.
+func decodeCSRs(data []byte) ([]*certificatesv1.CertificateSigningRequest, error) {
+	scheme := runtime.NewScheme()
+	if err := clientgoscheme.AddToScheme(scheme); err != nil {
+		return nil, err
+	}
+	decoder := serializer.NewCodecFactory(scheme).UniversalDeserializer()
+	var out []*certificatesv1.CertificateSigningRequest
+	var add func(raw []byte, doc int) error
+	add = func(raw []byte, doc int) error {
+		var meta struct {
+			Kind  string            `json:"kind"`
+			Items []json.RawMessage `json:"items"`
+		}
+		if err := json.Unmarshal(raw, &meta); err != nil {
+			return fmt.Errorf("document %d: %w", doc, err)
+		}
+		if meta.Kind == "List" || strings.HasSuffix(meta.Kind, "List") {
+			for _, item := range meta.Items {
+				if err := add(item, doc); err != nil {
+					return err
+				}
+			}
+			return nil
+		}
+		obj, _, err := decoder.Decode(raw, nil, nil)
+		if err != nil {
+			return fmt.Errorf("document %d: %w", doc, err)
+		}
+		csr, ok := obj.(*certificatesv1.CertificateSigningRequest)
+		if !ok {
+			return fmt.Errorf("document %d is a %T, not a certificates.k8s.io/v1 CertificateSigningRequest", doc, obj)
+		}
+		out = append(out, csr)
+		return nil
+	}
+	reader := utilyaml.NewYAMLOrJSONDecoder(bytes.NewReader(data), 4096)
+	for doc := 1; ; doc++ {
+		var raw json.RawMessage
+		if err := reader.Decode(&raw); err != nil {
+			if errors.Is(err, io.EOF) {
+				break
+			}
+			return nil, fmt.Errorf("document %d: %w", doc, err)
+		}
+		if len(bytes.TrimSpace(raw)) == 0 || string(raw) == "null" {
+			continue
+		}
+		if err := add(raw, doc); err != nil {
+			return nil, err
+		}
+	}
+	if len(out) == 0 {
+		return nil, errors.New("no CertificateSigningRequest found")
+	}
+	return out, nil
+}
+
+// liveFacts gathers the cluster facts with direct API calls, as the
+// reconciler does from its cache. The rate limit is the controller's memory
+// and is reported as not limited.
+func liveFacts(ctx context.Context, c client.Client, policy *config.Policy, csr *certificatesv1.CertificateSigningRequest) (approver.Facts, error) {
+	static := approver.Evaluate(approver.Input{Policy: policy, CSR: csr})
+	if static.Verdict != approver.Ignore || static.Reason != approver.ReasonFactsIncomplete {
+		return approver.Facts{}, nil // decided without facts
+	}
+	facts := approver.Facts{RateLimited: ptr(false)}
+	allowed, err := approver.SARAuthorizer{Client: c}.Authorize(ctx, csr, approver.SubresourceFor(static.Path))
+	if err != nil {
+		return facts, err
+	}
+	facts.Authorized = &allowed
+	exists, err := approver.CachedNodes{Reader: c}.NodeExists(ctx, static.NodeName)
+	if err != nil {
+		return facts, err
+	}
+	facts.NodeExists = &exists
+	var list certificatesv1.CertificateSigningRequestList
+	if err := c.List(ctx, &list, client.MatchingFieldsSelector{Selector: fields.OneTermEqualSelector("spec.signerName", approver.KubeletClientSigner)}); err != nil {
+		return facts, fmt.Errorf("failed to list CSRs: %w", err)
+	}
+	newer, older := approver.PendingAround(csr, static.NodeName, list.Items)
+	facts.NewerPendingForNode, facts.PendingForNode = &newer, &older
+	return facts, nil
+}
+
+func explanation(csr *certificatesv1.CertificateSigningRequest, policy *config.Policy, d approver.Decision) Explanation {
+	e := Explanation{
+		Name: csr.Name, Decision: d.Verdict, Reason: d.Reason, Message: d.Message, Path: d.Path,
+		Node: d.NodeName, Requester: csr.Spec.Username, Policy: policy.Digest(),
+		Checks: []CheckResult{}, Violations: []string{}, Skipped: []string{},
+	}
+	for _, c := range d.Checks {
+		e.Checks = append(e.Checks, CheckResult{Name: c.Name, Result: c.Result, Reason: c.Reason, Message: c.Message})
+	}
+	for _, v := range d.Violations {
+		e.Violations = append(e.Violations, v.Reason)
+	}
+	e.Skipped = append(e.Skipped, d.Skipped...)
+	return e
+}
+
+func render(w io.Writer, format string, e Explanation) error {
+	if format == "json" {
+		data, err := json.Marshal(e)
+		if err != nil {
+			return err
+		}
+		_, err = fmt.Fprintf(w, "%s\n", data)
+		return err
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "%s: %s (%s)\n", e.Name, e.Decision, e.Reason)
+	fmt.Fprintf(&b, "  %s\n", e.Message)
+	if e.Path != "" || e.Node != "" {
+		fmt.Fprintf(&b, "  path: %s  node: %s  requester: %s  policy: %s\n", orDash(string(e.Path)), orDash(e.Node), orDash(e.Requester), e.Policy)
+	}
+	b.WriteString("  checks:\n")
+	for _, c := range e.Checks {
+		mark := map[approver.CheckResult]string{approver.Pass: "pass", approver.Fail: "FAIL", approver.Skipped: "skip"}[c.Result]
+		line := c.Message
+		if c.Reason != "" {
+			line = c.Reason + ": " + line
+		}
+		fmt.Fprintf(&b, "    %-4s %-22s %s\n", mark, c.Name, line)
+	}
+	if len(e.Skipped) > 0 {
+		fmt.Fprintf(&b, "  not checked: %s\n", strings.Join(e.Skipped, ", "))
+	}
+	_, err := io.WriteString(w, b.String())
+	return err
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}

@@ -1,0 +1,284 @@
+// Package app wires nodecsr-controller: flags → options → manager.
+package app
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"strconv"
+	"time"
+
+	"github.com/go-logr/logr"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/spf13/cobra"
+	"go.uber.org/zap/zapcore"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	ctrlconfig "sigs.k8s.io/controller-runtime/pkg/config"
+	"sigs.k8s.io/controller-runtime/pkg/healthz"
+	"sigs.k8s.io/controller-runtime/pkg/log/zap"
+	"sigs.k8s.io/controller-runtime/pkg/manager"
+	ctrlmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+
+	"github.com/nodecsr/nodecsr/approver"
+	"github.com/nodecsr/nodecsr/config"
+	"github.com/nodecsr/nodecsr/internal/version"
+)
+
+// Exit codes.
+const (
+	exitOK    = 0
+	exitError = 1
+	exitUsage = 2
+)
+
+// usageError marks errors in how the program was called.
+type usageError struct{ error }
+
+func (e usageError) Unwrap() error { return e.error }
+
+// Main runs the command line and returns the process exit code.
+func Main(args []string) int {
+	cmd := NewCommand(os.Stdout, os.Stderr)
+	cmd.SetArgs(args)
+	err := cmd.Execute()
+	switch {
+	case err == nil:
+		return exitOK
+	case errors.As(err, new(usageError)):
+		fmt.Fprintln(os.Stderr, "Error:", err)
+		return exitUsage
+	default:
+		fmt.Fprintln(os.Stderr, "Error:", err)
+		return exitError
+	}
+}
+
+// NewCommand builds the command tree: the controller itself, explain and version.
+func NewCommand(stdout, stderr io.Writer) *cobra.Command {
+	o := NewOptions()
+	cmd := &cobra.Command{
+		Use:   "nodecsr-controller",
+		Short: "Decides kubelet client certificate requests and serves nodecsr's admission webhooks",
+		Long: `nodecsr-controller approves or denies CertificateSigningRequests for the signer
+kubernetes.io/kube-apiserver-client-kubelet according to a policy file, records every
+decision as a condition reason, an Event, a log line and a metric, and serves the
+admission webhooks that reject hopeless requests at creation.`,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		Args:          cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := o.Validate(); err != nil {
+				return usageError{err}
+			}
+			return Run(cmd.Context(), o)
+		},
+	}
+	cmd.SetOut(stdout)
+	cmd.SetErr(stderr)
+	cmd.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
+	o.AddFlags(cmd.Flags())
+	cmd.AddCommand(newExplainCommand(stdout), &cobra.Command{
+		Use:   "version",
+		Short: "Print the version",
+		Args:  cobra.NoArgs,
+		Run:   func(cmd *cobra.Command, _ []string) { fmt.Fprintln(stdout, version.Version) },
+	})
+	return cmd
+}
+
+func newLogger(o *Options) (logr.Logger, error) {
+	level := zapcore.InfoLevel
+	if n, err := strconv.Atoi(o.LogLevel); err == nil {
+		level = zapcore.Level(-n)
+	} else if err := level.UnmarshalText([]byte(o.LogLevel)); err != nil {
+		return logr.Logger{}, usageError{fmt.Errorf("--log-level: %w", err)}
+	}
+	return zap.New(zap.UseFlagOptions(&zap.Options{Development: o.LogFormat == "text", Level: level})), nil
+}
+
+func restConfig(o *Options) (*rest.Config, error) {
+	cfg, err := clientcmd.BuildConfigFromFlags("", o.Kubeconfig)
+	if err != nil {
+		return nil, fmt.Errorf("failed to load the client configuration (--kubeconfig %q): %w", o.Kubeconfig, err)
+	}
+	cfg.QPS, cfg.Burst = o.KubeAPIQPS, o.KubeAPIBurst
+	cfg.UserAgent = "nodecsr-controller/" + version.Version
+	return cfg, nil
+}
+
+// Run runs the controller until ctx is done.
+func Run(ctx context.Context, o *Options) error {
+	logger, err := newLogger(o)
+	if err != nil {
+		return err
+	}
+	ctrl.SetLogger(logger)
+	cfg, err := restConfig(o)
+	if err != nil {
+		return err
+	}
+	return RunWithConfig(ctx, o, cfg)
+}
+
+// RunWithConfig runs the controller against cfg until ctx is done. Tests call
+// it to run nodecsr-controller in-process.
+func RunWithConfig(ctx context.Context, o *Options, cfg *rest.Config) error {
+	log := ctrl.Log.WithName("nodecsr")
+	scheme := runtime.NewScheme()
+	if err := clientgoscheme.AddToScheme(scheme); err != nil {
+		return err
+	}
+	m := newPolicyMetrics(ctrlmetrics.Registry)
+
+	// The policy is loaded before anything starts: a bad file refuses to start.
+	// The watcher calls back only from its Run, which the manager starts
+	// after everything below is set.
+	var (
+		mgr    manager.Manager
+		r      *approver.Reconciler
+		events *approver.EventRecorder
+		policy func() *config.Policy
+	)
+	var watcher *config.Watcher
+	var err error
+	if o.PolicyFile == "" {
+		p := config.Default()
+		policy = func() *config.Policy { return p }
+		log.Info("Using the default policy", "digest", p.Digest())
+	} else {
+		self := o.selfReference()
+		onChange := func(p *config.Policy) {
+			m.reloads.WithLabelValues("success").Inc()
+			m.setPolicy(p.Digest())
+			log.Info("Reloaded the policy", "file", o.PolicyFile, "digest", p.Digest())
+			select {
+			case <-mgr.Elected():
+				go r.PolicyChanged(ctx)
+			default: // not the leader: nothing is queued here
+			}
+		}
+		onError := func(err error) {
+			m.reloads.WithLabelValues("error").Inc()
+			log.Error(err, "Kept the previous policy: the policy file is invalid", "file", o.PolicyFile, "digest", policy().Digest())
+			if self == nil {
+				return
+			}
+			note := fmt.Sprintf("kept policy %s: %v", policy().Digest(), err)
+			if err := events.Event(ctx, self, "Pod", "v1", corev1.EventTypeWarning, "PolicyReloadFailed", "ReloadPolicy", note); err != nil {
+				log.Error(err, "Failed to record the policy reload Event")
+			}
+		}
+		w, err := config.NewWatcher(o.PolicyFile, o.PolicyReloadInterval, onChange, onError)
+		if err != nil {
+			return fmt.Errorf("refusing to start: %w", err)
+		}
+		watcher, policy = w, w.Current
+		log.Info("Loaded the policy", "file", o.PolicyFile, "digest", w.Current().Digest())
+	}
+	m.setPolicy(policy().Digest())
+
+	mgr, err = ctrl.NewManager(cfg, ctrl.Options{
+		Scheme:                        scheme,
+		Cache:                         approver.CacheOptions(),
+		Metrics:                       metricsserver.Options{BindAddress: o.MetricsBindAddress},
+		HealthProbeBindAddress:        o.HealthProbeBindAddress,
+		LeaderElection:                o.LeaderElect,
+		LeaderElectionID:              o.LeaderElectionID,
+		LeaderElectionNamespace:       o.leaderElectionNamespace(),
+		LeaderElectionReleaseOnCancel: true,
+		LeaseDuration:                 &o.LeaseDuration,
+		RenewDeadline:                 &o.RenewDeadline,
+		RetryPeriod:                   &o.RetryPeriod,
+		Controller:                    ctrlconfig.Controller{SkipNameValidation: ptr(true)},
+		Logger:                        log,
+	})
+	if err != nil {
+		return fmt.Errorf("failed to create the manager: %w", err)
+	}
+	events = &approver.EventRecorder{Client: mgr.GetClient(), Instance: o.instance(), Namespace: o.EventsNamespace}
+	r = &approver.Reconciler{
+		Client:     mgr.GetClient(),
+		APIReader:  mgr.GetAPIReader(),
+		Policy:     policy,
+		Authorizer: approver.SARAuthorizer{Client: mgr.GetClient()},
+		Nodes:      approver.CachedNodes{Reader: mgr.GetCache()},
+		Events:     events,
+		Metrics:    approver.NewMetrics(ctrlmetrics.Registry, mgr.GetCache()),
+	}
+	if err := r.SetupWithManager(ctx, mgr, o.MaxConcurrentReconciles); err != nil {
+		return err
+	}
+	// Every replica caches Node metadata (the webhook reads it); start it now
+	// rather than on the first lookup.
+	if _, err := mgr.GetCache().GetInformer(ctx, approver.NodeMetadata()); err != nil {
+		return fmt.Errorf("failed to set up the Node cache: %w", err)
+	}
+	if watcher != nil {
+		if err := mgr.Add(manager.RunnableFunc(watcher.Run)); err != nil {
+			return err
+		}
+	}
+
+	if err := mgr.AddHealthzCheck("ping", healthz.Ping); err != nil {
+		return err
+	}
+	if err := mgr.AddReadyzCheck("caches", func(req *http.Request) error {
+		ctx, cancel := context.WithTimeout(req.Context(), time.Second)
+		defer cancel()
+		if !mgr.GetCache().WaitForCacheSync(ctx) {
+			return errors.New("caches have not synced")
+		}
+		return nil
+	}); err != nil {
+		return err
+	}
+	log.Info("Starting nodecsr-controller", "version", version.Version, "workers", o.MaxConcurrentReconciles, "leaderElection", o.LeaderElect)
+	return mgr.Start(ctx)
+}
+
+// selfReference is this pod, for Events about nodecsr itself.
+func (o *Options) selfReference() client.Object {
+	if o.PodName == "" || o.PodNamespace == "" {
+		return nil
+	}
+	return &metav1.PartialObjectMetadata{ObjectMeta: metav1.ObjectMeta{Name: o.PodName, Namespace: o.PodNamespace}}
+}
+
+type policyMetrics struct {
+	reloads *prometheus.CounterVec
+	info    *prometheus.GaugeVec
+}
+
+func newPolicyMetrics(reg prometheus.Registerer) *policyMetrics {
+	m := &policyMetrics{
+		reloads: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "nodecsr_policy_reloads_total",
+			Help: "Policy file reloads by result (success, error); on error the previous policy stays in force.",
+		}, []string{"result"}),
+		info: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "nodecsr_policy_info",
+			Help: "The policy in force: 1 for its digest.",
+		}, []string{"digest"}),
+	}
+	m.reloads = approver.Register(reg, m.reloads)
+	m.info = approver.Register(reg, m.info)
+	return m
+}
+
+func (m *policyMetrics) setPolicy(digest string) {
+	m.info.Reset()
+	m.info.WithLabelValues(digest).Set(1)
+}
+
+func ptr[T any](v T) *T { return &v }
