@@ -158,7 +158,7 @@ func pendingFacts(ctx context.Context, r client.Reader, csr *certificatesv1.Cert
 func PendingAround(csr *certificatesv1.CertificateSigningRequest, node string, others []certificatesv1.CertificateSigningRequest) (newer bool, older int) {
 	for i := range others {
 		other := &others[i]
-		if other.UID == csr.UID || other.Spec.Username != csr.Spec.Username || !IsPending(other) {
+		if other.Name == csr.Name || other.Spec.Username != csr.Spec.Username || !IsPending(other) {
 			continue
 		}
 		if name, ok := NodeNameOf(other); !ok || name != node {
