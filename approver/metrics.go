@@ -12,12 +12,12 @@ import (
 
 // Metrics are the approver's Prometheus metrics. docs/metrics.md describes them.
 type Metrics struct {
-	Decisions       *prometheus.CounterVec
-	DecisionLatency *prometheus.HistogramVec
+	Decisions        *prometheus.CounterVec
+	DecisionLatency  *prometheus.HistogramVec
 	DecidedElsewhere prometheus.Counter
-	WriteConflicts  prometheus.Counter
-	EventErrors     prometheus.Counter
-	FactErrors      *prometheus.CounterVec
+	WriteConflicts   prometheus.Counter
+	EventErrors      prometheus.Counter
+	FactErrors       *prometheus.CounterVec
 }
 
 // NewMetrics creates the approver's metrics and registers them with reg.
