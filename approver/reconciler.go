@@ -12,6 +12,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/types"
+	toolscache "k8s.io/client-go/tools/cache"
 	"k8s.io/utils/clock"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/builder"
@@ -56,6 +57,8 @@ type Reconciler struct {
 	Metrics *Metrics
 	// Clock is the time source (a fake in tests).
 	Clock clock.PassiveClock
+	// Expiry, when set, is fed every issued kubelet client certificate.
+	Expiry *ExpiryTracker
 
 	limiter  requesterLimiter
 	reported reportedSet
@@ -89,6 +92,11 @@ func (r *Reconciler) SetupWithManager(ctx context.Context, mgr ctrl.Manager, wor
 	if err := idx.IndexField(ctx, &certificatesv1.CertificateSigningRequest{}, IndexNodeRequester, IndexCSRByNodeRequester); err != nil {
 		return fmt.Errorf("failed to index CSRs by node and requester: %w", err)
 	}
+	if r.Expiry != nil {
+		if err := r.trackExpiry(ctx, mgr); err != nil {
+			return err
+		}
+	}
 	ours := predicate.NewPredicateFuncs(func(o client.Object) bool {
 		csr, ok := o.(*certificatesv1.CertificateSigningRequest)
 		return ok && csr.Spec.SignerName == KubeletClientSigner && IsPending(csr)
@@ -106,6 +114,50 @@ func (r *Reconciler) SetupWithManager(ctx context.Context, mgr ctrl.Manager, wor
 		WatchesRawSource(source.Channel(r.reloads, &handler.TypedEnqueueRequestForObject[*certificatesv1.CertificateSigningRequest]{})).
 		WithOptions(controller.Options{MaxConcurrentReconciles: workers}).
 		Complete(r)
+}
+
+// trackExpiry feeds the expiry tracker from the CSR informer (every replica
+// runs it, so a follower's view is warm when it takes over) and forgets nodes
+// whose Node is deleted.
+func (r *Reconciler) trackExpiry(ctx context.Context, mgr ctrl.Manager) error {
+	csrs, err := mgr.GetCache().GetInformer(ctx, &certificatesv1.CertificateSigningRequest{})
+	if err != nil {
+		return fmt.Errorf("failed to get the CSR informer: %w", err)
+	}
+	_, err = csrs.AddEventHandler(toolscache.ResourceEventHandlerFuncs{
+		AddFunc: func(obj any) {
+			if csr, ok := obj.(*certificatesv1.CertificateSigningRequest); ok {
+				r.Expiry.Observe(csr)
+			}
+		},
+		UpdateFunc: func(oldObj, newObj any) {
+			old, _ := oldObj.(*certificatesv1.CertificateSigningRequest)
+			if csr, ok := newObj.(*certificatesv1.CertificateSigningRequest); ok {
+				r.Expiry.ObserveUpdate(old, csr)
+			}
+		},
+	})
+	if err != nil {
+		return fmt.Errorf("failed to watch CSRs for certificate expiry: %w", err)
+	}
+	nodes, err := mgr.GetCache().GetInformer(ctx, NodeMetadata())
+	if err != nil {
+		return fmt.Errorf("failed to get the Node informer: %w", err)
+	}
+	_, err = nodes.AddEventHandler(toolscache.ResourceEventHandlerFuncs{
+		DeleteFunc: func(obj any) {
+			if tomb, ok := obj.(toolscache.DeletedFinalStateUnknown); ok {
+				obj = tomb.Obj
+			}
+			if m, ok := obj.(client.Object); ok {
+				r.Expiry.Forget(m.GetName())
+			}
+		},
+	})
+	if err != nil {
+		return fmt.Errorf("failed to watch Nodes for certificate expiry: %w", err)
+	}
+	return nil
 }
 
 func (r *Reconciler) csrsForNode(ctx context.Context, node client.Object) []reconcile.Request {

@@ -48,6 +48,10 @@ type Options struct {
 	// EventsNamespace receives Events about cluster-scoped objects.
 	EventsNamespace string
 
+	// CertificateExpiryHorizon is how far ahead a node's certificate expiry
+	// counts in nodecsr_node_certificates_expiring.
+	CertificateExpiryHorizon time.Duration
+
 	// LogFormat is json or text; LogLevel is the zap level (debug, info, error or a number).
 	LogFormat string
 	LogLevel  string
@@ -56,21 +60,22 @@ type Options struct {
 // NewOptions returns the defaults.
 func NewOptions() *Options {
 	return &Options{
-		KubeAPIQPS:              200,
-		KubeAPIBurst:            400,
-		PolicyReloadInterval:    5 * time.Second,
-		MaxConcurrentReconciles: 16,
-		LeaderElectionID:        "nodecsr-controller",
-		LeaseDuration:           15 * time.Second,
-		RenewDeadline:           10 * time.Second,
-		RetryPeriod:             2 * time.Second,
-		MetricsBindAddress:      ":8080",
-		HealthProbeBindAddress:  ":8081",
-		PodName:                 os.Getenv("POD_NAME"),
-		PodNamespace:            os.Getenv("POD_NAMESPACE"),
-		EventsNamespace:         "default",
-		LogFormat:               "json",
-		LogLevel:                "info",
+		KubeAPIQPS:               200,
+		KubeAPIBurst:             400,
+		PolicyReloadInterval:     5 * time.Second,
+		MaxConcurrentReconciles:  16,
+		LeaderElectionID:         "nodecsr-controller",
+		LeaseDuration:            15 * time.Second,
+		RenewDeadline:            10 * time.Second,
+		RetryPeriod:              2 * time.Second,
+		MetricsBindAddress:       ":8080",
+		HealthProbeBindAddress:   ":8081",
+		PodName:                  os.Getenv("POD_NAME"),
+		PodNamespace:             os.Getenv("POD_NAMESPACE"),
+		EventsNamespace:          "default",
+		CertificateExpiryHorizon: 7 * 24 * time.Hour,
+		LogFormat:                "json",
+		LogLevel:                 "info",
 	}
 }
 
@@ -93,6 +98,7 @@ func (o *Options) AddFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.PodName, "pod-name", o.PodName, "Name of this pod (default $POD_NAME); Events about nodecsr itself refer to it.")
 	fs.StringVar(&o.PodNamespace, "pod-namespace", o.PodNamespace, "Namespace of this pod (default $POD_NAMESPACE).")
 	fs.StringVar(&o.EventsNamespace, "events-namespace", o.EventsNamespace, "Namespace for Events about CSRs (cluster-scoped objects).")
+	fs.DurationVar(&o.CertificateExpiryHorizon, "certificate-expiry-horizon", o.CertificateExpiryHorizon, "Nodes whose newest kubelet client certificate expires within this are counted in nodecsr_node_certificates_expiring.")
 	fs.StringVar(&o.LogFormat, "log-format", o.LogFormat, "Log format: json or text.")
 	fs.StringVar(&o.LogLevel, "log-level", o.LogLevel, "Log level: debug, info, error, or a verbosity number.")
 }
@@ -127,6 +133,9 @@ func (o *Options) Validate() error {
 	case "json", "text":
 	default:
 		errs = append(errs, fmt.Errorf("--log-format must be json or text, got %q", o.LogFormat))
+	}
+	if o.CertificateExpiryHorizon <= 0 {
+		errs = append(errs, fmt.Errorf("--certificate-expiry-horizon must be > 0, got %s", o.CertificateExpiryHorizon))
 	}
 	if o.EventsNamespace == "" {
 		errs = append(errs, errors.New("--events-namespace must not be empty"))

@@ -215,7 +215,14 @@ func RunWithConfig(ctx context.Context, o *Options, cfg *rest.Config) error {
 		Nodes:      approver.CachedNodes{Reader: mgr.GetCache()},
 		Events:     events,
 		Metrics:    approver.NewMetrics(ctrlmetrics.Registry, mgr.GetCache()),
+		Expiry:     &approver.ExpiryTracker{Horizon: o.CertificateExpiryHorizon},
 	}
+	// Replace the collector of an earlier run in the same process (tests).
+	ctrlmetrics.Registry.Unregister(r.Expiry)
+	if err := ctrlmetrics.Registry.Register(r.Expiry); err != nil {
+		return fmt.Errorf("failed to register the expiry metrics: %w", err)
+	}
+	defer ctrlmetrics.Registry.Unregister(r.Expiry)
 	if err := r.SetupWithManager(ctx, mgr, o.MaxConcurrentReconciles); err != nil {
 		return err
 	}

@@ -79,16 +79,34 @@ func TestMain(m *testing.M) {
 		if err := o.Validate(); err != nil {
 			return err
 		}
-		// The controller lives as long as the test binary; Pdeathsig takes the
-		// control plane down with it in any case.
-		go func() {
-			if err := app.RunWithConfig(ctx, o, c.AdminConfig()); err != nil {
-				fmt.Fprintf(os.Stderr, "nodecsr-controller stopped: %v\n", err)
-				os.Exit(1)
-			}
-		}()
+		controllerOpts = o
+		startController()
 		return nil
 	}))
+}
+
+var (
+	controllerOpts *app.Options
+	stopController func()
+)
+
+// startController runs nodecsr-controller in-process; stopController stops it
+// and waits until it has returned. Pdeathsig takes the control plane down
+// with the test binary in any case.
+func startController() {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := app.RunWithConfig(ctx, controllerOpts, tc.AdminConfig()); err != nil {
+			fmt.Fprintf(os.Stderr, "nodecsr-controller stopped: %v\n", err)
+			os.Exit(1)
+		}
+	}()
+	stopController = func() {
+		cancel()
+		<-done
+	}
 }
 
 func uniqueName(prefix string) string {
@@ -535,4 +553,48 @@ func TestDryRunWritesNoCondition(t *testing.T) {
 			t.Errorf("%s: DryRun wrote conditions %+v", name, got.Status.Conditions)
 		}
 	}
+}
+
+func TestCertificateExpiryMetricFollowsRenewalsAndRestarts(t *testing.T) {
+	node := uniqueName("expiry")
+	createNode(t, node)
+	client := nodeClient(t, node)
+	notAfter := func(name string) float64 {
+		t.Helper()
+		cfg := issuedConfig(t, name)
+		block, _ := pem.Decode(cfg.CertData)
+		cert, err := x509.ParseCertificate(block.Bytes)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return float64(cert.NotAfter.Unix())
+	}
+	waitForExpiry := func(want float64) {
+		t.Helper()
+		var got float64
+		err := wait.PollUntilContextTimeout(t.Context(), 50*time.Millisecond, 30*time.Second, true, func(context.Context) (bool, error) {
+			got = metricValue(t, "nodecsr_node_certificate_expiry_timestamp_seconds", map[string]string{"node": node})
+			return got == want, nil
+		})
+		if err != nil {
+			t.Fatalf("nodecsr_node_certificate_expiry_timestamp_seconds{node=%q} = %v, want %v", node, got, want)
+		}
+	}
+
+	first := create(t, client, csrtest.Build(csrtest.WithNodeName(node), csrtest.WithExpiration(3600)))
+	expectDecision(t, first.Name, certificatesv1.CertificateApproved, approver.ReasonRenewalApproved)
+	waitForExpiry(notAfter(first.Name))
+
+	second := create(t, client, csrtest.Build(csrtest.WithNodeName(node), csrtest.WithExpiration(7200)))
+	expectDecision(t, second.Name, certificatesv1.CertificateApproved, approver.ReasonRenewalApproved)
+	renewed := notAfter(second.Name)
+	waitForExpiry(renewed)
+
+	// A restarted controller rebuilds the view from the CSRs the API still holds.
+	stopController()
+	if v := metricValue(t, "nodecsr_node_certificate_expiry_timestamp_seconds", map[string]string{"node": node}); v != 0 {
+		t.Fatalf("the stopped controller still exports %v", v)
+	}
+	startController()
+	waitForExpiry(renewed)
 }

@@ -1,0 +1,126 @@
+package approver
+
+import (
+	"bytes"
+	"crypto/x509"
+	"encoding/pem"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	certificatesv1 "k8s.io/api/certificates/v1"
+	"k8s.io/utils/clock"
+)
+
+// ExpiryTracker remembers, for every node, the newest kubelet client
+// certificate issued to it through a CSR nodecsr watches, and exports when it
+// expires. It is rebuilt from the CSRs the API server still holds when the
+// controller starts: kube-controller-manager's CSR cleaner deletes issued
+// CSRs after an hour, so after a restart only nodes that received a
+// certificate since then are known (a running controller keeps what it saw).
+type ExpiryTracker struct {
+	// Horizon is how far ahead an expiry counts as coming soon.
+	Horizon time.Duration
+	Clock   clock.PassiveClock
+
+	mu    sync.Mutex
+	nodes map[string]issuedCert
+}
+
+type issuedCert struct {
+	notBefore, notAfter time.Time
+	csr                 string
+}
+
+var (
+	expiryDesc = prometheus.NewDesc("nodecsr_node_certificate_expiry_timestamp_seconds",
+		"When the newest kubelet client certificate issued to the node through a CSR expires (Unix time).", []string{"node"}, nil)
+	issuedDesc = prometheus.NewDesc("nodecsr_node_certificate_issued_timestamp_seconds",
+		"When the newest kubelet client certificate issued to the node became valid (Unix time).", []string{"node"}, nil)
+	expiringDesc = prometheus.NewDesc("nodecsr_node_certificates_expiring",
+		"Nodes whose newest kubelet client certificate expires within the horizon (or has expired).", []string{"horizon"}, nil)
+	trackedDesc = prometheus.NewDesc("nodecsr_node_certificates_tracked",
+		"Nodes for which nodecsr knows the newest issued kubelet client certificate.", nil, nil)
+)
+
+// Observe records the certificate of an issued CSR. A certificate that is
+// not newer than the one known for its node changes nothing.
+func (t *ExpiryTracker) Observe(csr *certificatesv1.CertificateSigningRequest) {
+	if csr.Spec.SignerName != KubeletClientSigner || len(csr.Status.Certificate) == 0 {
+		return
+	}
+	block, _ := pem.Decode(csr.Status.Certificate)
+	if block == nil || block.Type != "CERTIFICATE" {
+		return
+	}
+	cert, err := x509.ParseCertificate(block.Bytes)
+	if err != nil {
+		return
+	}
+	node, ok := strings.CutPrefix(cert.Subject.CommonName, "system:node:")
+	if !ok || node == "" {
+		return
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.nodes == nil {
+		t.nodes = map[string]issuedCert{}
+	}
+	if known, ok := t.nodes[node]; ok && !cert.NotBefore.After(known.notBefore) &&
+		!(cert.NotBefore.Equal(known.notBefore) && cert.NotAfter.After(known.notAfter)) {
+		return
+	}
+	t.nodes[node] = issuedCert{notBefore: cert.NotBefore, notAfter: cert.NotAfter, csr: csr.Name}
+}
+
+// ObserveUpdate records a CSR update when its certificate changed.
+func (t *ExpiryTracker) ObserveUpdate(old, csr *certificatesv1.CertificateSigningRequest) {
+	if old != nil && bytes.Equal(old.Status.Certificate, csr.Status.Certificate) {
+		return
+	}
+	t.Observe(csr)
+}
+
+// Forget drops a node (its Node object was deleted).
+func (t *ExpiryTracker) Forget(node string) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	delete(t.nodes, node)
+}
+
+// Describe implements prometheus.Collector.
+func (t *ExpiryTracker) Describe(ch chan<- *prometheus.Desc) {
+	ch <- expiryDesc
+	ch <- issuedDesc
+	ch <- expiringDesc
+	ch <- trackedDesc
+}
+
+// Collect implements prometheus.Collector.
+func (t *ExpiryTracker) Collect(ch chan<- prometheus.Metric) {
+	now := time.Now()
+	if t.Clock != nil {
+		now = t.Clock.Now()
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	expiring := 0
+	for node, c := range t.nodes {
+		ch <- prometheus.MustNewConstMetric(expiryDesc, prometheus.GaugeValue, float64(c.notAfter.Unix()), node)
+		ch <- prometheus.MustNewConstMetric(issuedDesc, prometheus.GaugeValue, float64(c.notBefore.Unix()), node)
+		if c.notAfter.Sub(now) < t.Horizon {
+			expiring++
+		}
+	}
+	ch <- prometheus.MustNewConstMetric(expiringDesc, prometheus.GaugeValue, float64(expiring), t.Horizon.String())
+	ch <- prometheus.MustNewConstMetric(trackedDesc, prometheus.GaugeValue, float64(len(t.nodes)))
+}
+
+// Expiry returns the NotAfter of the newest certificate known for node.
+func (t *ExpiryTracker) Expiry(node string) (time.Time, bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	c, ok := t.nodes[node]
+	return c.notAfter, ok
+}
