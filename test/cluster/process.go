@@ -210,3 +210,8 @@ func freePort() (int, error) {
 func hostPort(port int) string { return net.JoinHostPort("127.0.0.1", strconv.Itoa(port)) }
 
 var errStopped = errors.New("cluster is stopped")
+
+// Spawn starts cmd like the control-plane processes: in its own process group
+// and killed by the kernel if this process dies, so that nothing a test, the
+// benchmarks or the demo start outlives them. The caller waits for it.
+func Spawn(cmd *exec.Cmd) error { return spawn(cmd) }

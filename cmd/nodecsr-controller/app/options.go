@@ -48,6 +48,18 @@ type Options struct {
 	// EventsNamespace receives Events about cluster-scoped objects.
 	EventsNamespace string
 
+	// WebhookCertDir holds tls.crt and tls.key for the admission webhooks; empty
+	// turns the webhooks off.
+	WebhookCertDir string
+	// WebhookHost and WebhookPort are where the webhook server listens.
+	WebhookHost string
+	WebhookPort int
+	// WebhookEnableHTTP2 offers HTTP/2 on the webhook server (off: CVE-2023-44487).
+	WebhookEnableHTTP2 bool
+	// SelfUsername is nodecsr's own identity, always allowed by the approval
+	// guard; default system:serviceaccount:$POD_NAMESPACE:$SERVICE_ACCOUNT_NAME.
+	SelfUsername string
+
 	// CertificateExpiryHorizon is how far ahead a node's certificate expiry
 	// counts in nodecsr_node_certificates_expiring.
 	CertificateExpiryHorizon time.Duration
@@ -74,6 +86,8 @@ func NewOptions() *Options {
 		PodNamespace:             os.Getenv("POD_NAMESPACE"),
 		EventsNamespace:          "default",
 		CertificateExpiryHorizon: 7 * 24 * time.Hour,
+		WebhookPort:              9443,
+		SelfUsername:             defaultSelfUsername(),
 		LogFormat:                "json",
 		LogLevel:                 "info",
 	}
@@ -98,6 +112,11 @@ func (o *Options) AddFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.PodName, "pod-name", o.PodName, "Name of this pod (default $POD_NAME); Events about nodecsr itself refer to it.")
 	fs.StringVar(&o.PodNamespace, "pod-namespace", o.PodNamespace, "Namespace of this pod (default $POD_NAMESPACE).")
 	fs.StringVar(&o.EventsNamespace, "events-namespace", o.EventsNamespace, "Namespace for Events about CSRs (cluster-scoped objects).")
+	fs.StringVar(&o.WebhookCertDir, "webhook-cert-dir", o.WebhookCertDir, "Folder with tls.crt and tls.key for the admission webhooks (a mounted cert-manager Secret); empty turns the webhooks off.")
+	fs.StringVar(&o.WebhookHost, "webhook-host", o.WebhookHost, "Address the webhook server listens on; empty means all.")
+	fs.IntVar(&o.WebhookPort, "webhook-port", o.WebhookPort, "Port of the webhook server.")
+	fs.BoolVar(&o.WebhookEnableHTTP2, "webhook-enable-http2", o.WebhookEnableHTTP2, "Offer HTTP/2 on the webhook server (off by default: CVE-2023-44487).")
+	fs.StringVar(&o.SelfUsername, "self-username", o.SelfUsername, "nodecsr's own username, always allowed by the approval guard (default system:serviceaccount:$POD_NAMESPACE:$SERVICE_ACCOUNT_NAME).")
 	fs.DurationVar(&o.CertificateExpiryHorizon, "certificate-expiry-horizon", o.CertificateExpiryHorizon, "Nodes whose newest kubelet client certificate expires within this are counted in nodecsr_node_certificates_expiring.")
 	fs.StringVar(&o.LogFormat, "log-format", o.LogFormat, "Log format: json or text.")
 	fs.StringVar(&o.LogLevel, "log-level", o.LogLevel, "Log level: debug, info, error, or a verbosity number.")
@@ -134,6 +153,9 @@ func (o *Options) Validate() error {
 	default:
 		errs = append(errs, fmt.Errorf("--log-format must be json or text, got %q", o.LogFormat))
 	}
+	if o.WebhookCertDir != "" && (o.WebhookPort < 1 || o.WebhookPort > 65535) {
+		errs = append(errs, fmt.Errorf("--webhook-port must be between 1 and 65535, got %d", o.WebhookPort))
+	}
 	if o.CertificateExpiryHorizon <= 0 {
 		errs = append(errs, fmt.Errorf("--certificate-expiry-horizon must be > 0, got %s", o.CertificateExpiryHorizon))
 	}
@@ -163,4 +185,12 @@ func (o *Options) instance() string {
 		return "nodecsr-controller"
 	}
 	return host
+}
+
+func defaultSelfUsername() string {
+	ns, sa := os.Getenv("POD_NAMESPACE"), os.Getenv("SERVICE_ACCOUNT_NAME")
+	if ns == "" || sa == "" {
+		return ""
+	}
+	return "system:serviceaccount:" + ns + ":" + sa
 }

@@ -29,10 +29,12 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/manager"
 	ctrlmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+	ctrlwebhook "sigs.k8s.io/controller-runtime/pkg/webhook"
 
 	"github.com/nodecsr/nodecsr/approver"
 	"github.com/nodecsr/nodecsr/config"
 	"github.com/nodecsr/nodecsr/internal/version"
+	"github.com/nodecsr/nodecsr/webhook"
 )
 
 // Exit codes.
@@ -188,7 +190,17 @@ func RunWithConfig(ctx context.Context, o *Options, cfg *rest.Config) error {
 	}
 	m.setPolicy(policy().Digest())
 
+	var webhookServer *webhook.Server
+	if o.WebhookCertDir != "" {
+		webhookServer, err = webhook.NewServer(webhook.ServerOptions{
+			Host: o.WebhookHost, Port: o.WebhookPort, CertDir: o.WebhookCertDir, EnableHTTP2: o.WebhookEnableHTTP2,
+		})
+		if err != nil {
+			return err
+		}
+	}
 	mgr, err = ctrl.NewManager(cfg, ctrl.Options{
+		WebhookServer:                 webhookServerOrNil(webhookServer),
 		Scheme:                        scheme,
 		Cache:                         approver.CacheOptions(),
 		Metrics:                       metricsserver.Options{BindAddress: o.MetricsBindAddress},
@@ -230,6 +242,21 @@ func RunWithConfig(ctx context.Context, o *Options, cfg *rest.Config) error {
 	// rather than on the first lookup.
 	if _, err := mgr.GetCache().GetInformer(ctx, approver.NodeMetadata()); err != nil {
 		return fmt.Errorf("failed to set up the Node cache: %w", err)
+	}
+	if webhookServer != nil {
+		err := webhook.Register(mgr, webhook.Options{
+			Policy: policy, Nodes: approver.CachedNodes{Reader: mgr.GetCache()}, Self: o.SelfUsername,
+			Events: events, Registry: ctrlmetrics.Registry,
+		})
+		if err != nil {
+			return err
+		}
+		if err := mgr.AddReadyzCheck("webhook-certificate", webhookServer.ReadyCheck()); err != nil {
+			return err
+		}
+		log.Info("Serving admission webhooks", "port", o.WebhookPort, "certDir", o.WebhookCertDir, "self", o.SelfUsername)
+	} else {
+		log.Info("Admission webhooks are off (no --webhook-cert-dir)")
 	}
 	if watcher != nil {
 		if err := mgr.Add(manager.RunnableFunc(watcher.Run)); err != nil {
@@ -289,3 +316,11 @@ func (m *policyMetrics) setPolicy(digest string) {
 }
 
 func ptr[T any](v T) *T { return &v }
+
+// webhookServerOrNil avoids a typed nil in the manager's interface field.
+func webhookServerOrNil(s *webhook.Server) ctrlwebhook.Server {
+	if s == nil {
+		return nil
+	}
+	return s
+}
