@@ -1,0 +1,73 @@
+package webhook
+
+import (
+	"testing"
+
+	"github.com/nodecsr/nodecsr/approver"
+	"github.com/nodecsr/nodecsr/approver/csrtest"
+	"github.com/nodecsr/nodecsr/config"
+)
+
+// The handlers' cost over approver.Evaluate's own: decoding the admission
+// object, the node lookup, the response. Compare with BenchmarkEvaluate*.
+//
+//	go test -run '^$' -bench . -benchmem ./webhook/
+
+func BenchmarkValidate(b *testing.B) {
+	csr := csrtest.Build(csrtest.Bootstrap(csrtest.DefaultTokenID))
+	hs, _ := testHandlers(b, config.Default(), func(o *Options) { o.Nodes = nodes("other") })
+	req := createRequest(b, csr, userOf(csr))
+	b.ReportAllocs()
+	for b.Loop() {
+		if resp := hs.validate.Handle(b.Context(), req); !resp.Allowed {
+			b.Fatal(resp.Result.Message)
+		}
+	}
+}
+
+func BenchmarkValidateReject(b *testing.B) {
+	csr := csrtest.Build(csrtest.Bootstrap(csrtest.DefaultTokenID), csrtest.WithDNSSAN("x.example.com"), csrtest.WithUsages(serverAuth...))
+	hs, _ := testHandlers(b, config.Default(), func(o *Options) { o.Nodes = nodes("other") })
+	req := createRequest(b, csr, userOf(csr))
+	b.ReportAllocs()
+	for b.Loop() {
+		if resp := hs.validate.Handle(b.Context(), req); resp.Allowed {
+			b.Fatal("admitted")
+		}
+	}
+}
+
+func BenchmarkMutate(b *testing.B) {
+	csr := csrtest.Build(csrtest.WithExpiration(86400))
+	hs, _ := testHandlers(b, newPolicy(b, func(s *config.Spec) { s.Lifetime.MaxExpirationSeconds = 3600 }), nil)
+	req := createRequest(b, csr, userOf(csr))
+	b.ReportAllocs()
+	for b.Loop() {
+		if resp := hs.mutate.Handle(b.Context(), req); resp.Patch == nil {
+			b.Fatal("no patch")
+		}
+	}
+}
+
+func BenchmarkApprovalGuard(b *testing.B) {
+	pending := csrtest.Build()
+	hs, _ := testHandlers(b, newPolicy(b, func(s *config.Spec) { s.ApprovalGuard.Mode = config.GuardEnforce }), nil)
+	req := approvalRequest(b, pending, withDecision(pending, "Approved", "Manual"), userOf(csrtest.Build(csrtest.WithUsername("admin"), csrtest.WithGroups("system:masters"))))
+	b.ReportAllocs()
+	for b.Loop() {
+		if resp := hs.approval.Handle(b.Context(), req); !resp.Allowed {
+			b.Fatal(resp.Result.Message)
+		}
+	}
+}
+
+// BenchmarkEvaluateBaseline is approver.Evaluate alone on the same CSR, for
+// comparison.
+func BenchmarkEvaluateBaseline(b *testing.B) {
+	csr := csrtest.Build(csrtest.Bootstrap(csrtest.DefaultTokenID))
+	p := config.Default()
+	b.ReportAllocs()
+	for b.Loop() {
+		_ = approver.Evaluate(approver.Input{Policy: p, CSR: csr, Facts: approver.Facts{NodeExists: ptr(false)}})
+	}
+}

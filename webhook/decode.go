@@ -1,0 +1,48 @@
+package webhook
+
+import (
+	"errors"
+	"fmt"
+
+	authenticationv1 "k8s.io/api/authentication/v1"
+	certificatesv1 "k8s.io/api/certificates/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/util/json"
+)
+
+// decodeCSR decodes a CertificateSigningRequest from an admission request's
+// object. It uses the API machinery's case-sensitive JSON decoder directly
+// (no scheme, no conversion): the API server sends certificates.k8s.io/v1,
+// the only version it serves.
+func decodeCSR(obj runtime.RawExtension) (*certificatesv1.CertificateSigningRequest, error) {
+	if len(obj.Raw) == 0 {
+		return nil, errors.New("the admission request carries no object")
+	}
+	csr := &certificatesv1.CertificateSigningRequest{}
+	if err := json.Unmarshal(obj.Raw, csr); err != nil {
+		return nil, fmt.Errorf("failed to decode the CertificateSigningRequest: %w", err)
+	}
+	if csr.APIVersion != "" && csr.APIVersion != certificatesv1.SchemeGroupVersion.String() {
+		return nil, fmt.Errorf("unexpected apiVersion %.64q, want %s", csr.APIVersion, certificatesv1.SchemeGroupVersion)
+	}
+	return csr, nil
+}
+
+// asStored turns a CSR being created into the CSR the API server will store:
+// on CREATE it replaces spec.username, uid, groups and extra with the
+// requester's identity and clears the status (the registry's
+// PrepareForCreate). Mutating admission runs before that, validating
+// admission after, so both see the same requester this way.
+func asStored(csr *certificatesv1.CertificateSigningRequest, user *authenticationv1.UserInfo) {
+	csr.Spec.Username = user.Username
+	csr.Spec.UID = user.UID
+	csr.Spec.Groups = user.Groups
+	csr.Spec.Extra = nil
+	if len(user.Extra) > 0 {
+		csr.Spec.Extra = make(map[string]certificatesv1.ExtraValue, len(user.Extra))
+		for k, v := range user.Extra {
+			csr.Spec.Extra[k] = certificatesv1.ExtraValue(v)
+		}
+	}
+	csr.Status = certificatesv1.CertificateSigningRequestStatus{}
+}

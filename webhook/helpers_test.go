@@ -1,0 +1,168 @@
+package webhook
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"strings"
+	"testing"
+
+	"github.com/prometheus/client_golang/prometheus"
+	admissionv1 "k8s.io/api/admission/v1"
+	authenticationv1 "k8s.io/api/authentication/v1"
+	certificatesv1 "k8s.io/api/certificates/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
+
+	"github.com/nodecsr/nodecsr/config"
+)
+
+var csrResource = metav1.GroupVersionResource{Group: "certificates.k8s.io", Version: "v1", Resource: "certificatesigningrequests"}
+
+// userOf is the identity that files csr: its spec's requester, as the API
+// server would fill it in.
+func userOf(csr *certificatesv1.CertificateSigningRequest) authenticationv1.UserInfo {
+	return authenticationv1.UserInfo{Username: csr.Spec.Username, UID: csr.Spec.UID, Groups: csr.Spec.Groups}
+}
+
+func mustJSON(t testing.TB, v any) []byte {
+	t.Helper()
+	raw, err := json.Marshal(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return raw
+}
+
+// createRequest is the admission request for creating csr as user.
+func createRequest(t testing.TB, csr *certificatesv1.CertificateSigningRequest, user authenticationv1.UserInfo) admission.Request {
+	t.Helper()
+	return admission.Request{AdmissionRequest: admissionv1.AdmissionRequest{
+		UID:       "req-1",
+		Kind:      metav1.GroupVersionKind{Group: "certificates.k8s.io", Version: "v1", Kind: "CertificateSigningRequest"},
+		Resource:  csrResource,
+		Name:      csr.Name,
+		Operation: admissionv1.Create,
+		UserInfo:  user,
+		Object:    runtime.RawExtension{Raw: mustJSON(t, csr)},
+	}}
+}
+
+// approvalRequest is the admission request for user's update of the
+// approval subresource from old to cur.
+func approvalRequest(t testing.TB, old, cur *certificatesv1.CertificateSigningRequest, user authenticationv1.UserInfo) admission.Request {
+	t.Helper()
+	return admission.Request{AdmissionRequest: admissionv1.AdmissionRequest{
+		UID:         "req-2",
+		Kind:        metav1.GroupVersionKind{Group: "certificates.k8s.io", Version: "v1", Kind: "CertificateSigningRequest"},
+		Resource:    csrResource,
+		SubResource: "approval",
+		Name:        cur.Name,
+		Operation:   admissionv1.Update,
+		UserInfo:    user,
+		Object:      runtime.RawExtension{Raw: mustJSON(t, cur)},
+		OldObject:   runtime.RawExtension{Raw: mustJSON(t, old)},
+	}}
+}
+
+// newPolicy is a completed policy with mut applied.
+func newPolicy(t testing.TB, mut func(*config.Spec)) *config.Policy {
+	t.Helper()
+	p := &config.Policy{}
+	if mut != nil {
+		mut(&p.Spec)
+	}
+	if err := p.Complete(); err != nil {
+		t.Fatalf("invalid test policy: %v", err)
+	}
+	return p
+}
+
+func constPolicy(p *config.Policy) func() *config.Policy { return func() *config.Policy { return p } }
+
+// testHandlers builds the handlers with their own metrics registry.
+func testHandlers(t testing.TB, p *config.Policy, mut func(*Options)) (*handlers, *prometheus.Registry) {
+	t.Helper()
+	reg := prometheus.NewRegistry()
+	opts := Options{Policy: constPolicy(p), Registry: reg}
+	if mut != nil {
+		mut(&opts)
+	}
+	hs, err := newHandlers(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return hs, reg
+}
+
+// count reads one series of nodecsr_admission_total from reg.
+func count(t testing.TB, reg prometheus.Gatherer, op, result, reason string) int {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]string{"operation": op, "result": result, "reason": reason}
+	for _, mf := range mfs {
+		if mf.GetName() != "nodecsr_admission_total" {
+			continue
+		}
+	series:
+		for _, m := range mf.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if want[l.GetName()] != l.GetValue() {
+					continue series
+				}
+			}
+			return int(m.GetCounter().GetValue())
+		}
+	}
+	return 0
+}
+
+// fakeNodes is a NodeLookup over a fixed set of names.
+type fakeNodes struct {
+	names map[string]bool
+	err   error
+}
+
+func (f fakeNodes) NodeExists(_ context.Context, name string) (bool, error) {
+	if f.err != nil {
+		return false, f.err
+	}
+	return f.names[name], nil
+}
+
+func nodes(names ...string) fakeNodes {
+	m := map[string]bool{}
+	for _, n := range names {
+		m[n] = true
+	}
+	return fakeNodes{names: m}
+}
+
+var errLookup = errors.New("cache not synced")
+
+// recordedEvent is one Event a fake recorder received.
+type recordedEvent struct {
+	name, eventType, reason, action, note string
+}
+
+type fakeEvents struct{ ch chan recordedEvent }
+
+func (f *fakeEvents) Event(_ context.Context, obj client.Object, _, _, eventType, reason, action, note string) error {
+	f.ch <- recordedEvent{obj.GetName(), eventType, reason, action, note}
+	return nil
+}
+
+func containsAll(s string, subs ...string) []string {
+	var missing []string
+	for _, sub := range subs {
+		if !strings.Contains(s, sub) {
+			missing = append(missing, sub)
+		}
+	}
+	return missing
+}

@@ -1,0 +1,250 @@
+package webhook
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"k8s.io/apimachinery/pkg/util/wait"
+
+	"github.com/nodecsr/nodecsr/test/cluster"
+)
+
+// secretVolume writes a certificate and key into dir the way the kubelet
+// writes a Secret volume: the files live in a timestamped directory,
+// ..data is a symlink to it, and tls.crt and tls.key are symlinks through
+// ..data. A second call swaps ..data atomically (rename of a new symlink
+// over it) and removes the old directory, exactly as the kubelet's atomic
+// writer does on a Secret update.
+type secretVolume struct {
+	dir string
+	gen atomic.Int32
+}
+
+func (v *secretVolume) write(t testing.TB, kp *cluster.KeyPair) {
+	t.Helper()
+	n := v.gen.Add(1)
+	ts := fmt.Sprintf("..2026_01_01_00_00_%02d.%d", n, os.Getpid())
+	if err := os.Mkdir(filepath.Join(v.dir, ts), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for name, data := range map[string][]byte{"tls.crt": kp.CertPEM, "tls.key": kp.KeyPEM} {
+		if err := os.WriteFile(filepath.Join(v.dir, ts, name), data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	old, _ := os.Readlink(filepath.Join(v.dir, "..data"))
+	tmp := filepath.Join(v.dir, "..data_tmp")
+	if err := os.Symlink(ts, tmp); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, filepath.Join(v.dir, "..data")); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"tls.crt", "tls.key"} {
+		link := filepath.Join(v.dir, name)
+		if _, err := os.Lstat(link); errors.Is(err, os.ErrNotExist) {
+			if err := os.Symlink(filepath.Join("..data", name), link); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if old != "" {
+		if err := os.RemoveAll(filepath.Join(v.dir, old)); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func freePort(t testing.TB) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// servedSerial dials addr and returns the serial of the certificate served.
+func servedSerial(addr string, roots *x509.CertPool) (string, error) {
+	d := &net.Dialer{Timeout: 2 * time.Second}
+	conn, err := tls.DialWithDialer(d, "tcp", addr, &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12})
+	if err != nil {
+		return "", err
+	}
+	defer conn.Close()
+	return conn.ConnectionState().PeerCertificates[0].SerialNumber.String(), nil
+}
+
+func serialOf(t testing.TB, kp *cluster.KeyPair) string {
+	t.Helper()
+	c, err := tls.X509KeyPair(kp.CertPEM, kp.KeyPEM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf, err := x509.ParseCertificate(c.Certificate[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	return leaf.SerialNumber.String()
+}
+
+// startServer starts s and stops it when the test ends.
+func startServer(t *testing.T, s *Server) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Start(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("server: %v", err)
+			}
+		case <-time.After(30 * time.Second):
+			t.Error("the server did not stop")
+		}
+	})
+}
+
+func TestServerTLSAndRotation(t *testing.T) {
+	ca, err := cluster.NewCA("webhook-test-ca")
+	if err != nil {
+		t.Fatal(err)
+	}
+	roots := x509.NewCertPool()
+	roots.AppendCertsFromPEM(ca.CertPEM)
+	vol := &secretVolume{dir: t.TempDir()}
+	port := freePort(t)
+	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+	s, err := NewServer(ServerOptions{Host: "127.0.0.1", Port: port, CertDir: vol.dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ready := s.ReadyCheck()
+	startServer(t, s)
+
+	// No certificate yet: not ready, and no handshake succeeds.
+	probe, _ := http.NewRequest(http.MethodGet, "/readyz", nil)
+	time.Sleep(200 * time.Millisecond)
+	if err := ready(probe); err == nil {
+		t.Error("ready without a certificate")
+	}
+	if _, err := servedSerial(addr, roots); err == nil {
+		t.Error("a TLS handshake succeeded without a certificate")
+	}
+
+	first, err := ca.IssueServing("127.0.0.1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	vol.write(t, first)
+	waitServed(t, addr, roots, serialOf(t, first))
+	if err := wait.PollUntilContextTimeout(t.Context(), 50*time.Millisecond, 30*time.Second, true, func(context.Context) (bool, error) {
+		return ready(probe) == nil, nil
+	}); err != nil {
+		t.Fatalf("not ready with a certificate: %v", ready(probe))
+	}
+
+	// TLS 1.1 is refused; HTTP/2 is not offered.
+	if c, err := tls.Dial("tcp", addr, &tls.Config{RootCAs: roots, MaxVersion: tls.VersionTLS11}); err == nil { //nolint:gosec // testing that old TLS is refused
+		c.Close()
+		t.Error("a TLS 1.1 handshake succeeded")
+	}
+	c, err := tls.Dial("tcp", addr, &tls.Config{RootCAs: roots, NextProtos: []string{"h2", "http/1.1"}, MinVersion: tls.VersionTLS12})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p := c.ConnectionState().NegotiatedProtocol; p == "h2" {
+		t.Error("HTTP/2 negotiated although it is disabled")
+	}
+	c.Close()
+
+	// Leaf rotation under the same CA, as cert-manager renews it: the new
+	// certificate is served without a restart.
+	for range 2 {
+		next, err := ca.IssueServing("127.0.0.1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		vol.write(t, next)
+		waitServed(t, addr, roots, serialOf(t, next))
+	}
+
+	// A broken update (key and certificate that do not match) is not
+	// loaded: the last good certificate keeps being served.
+	good, _ := servedSerial(addr, roots)
+	a, _ := ca.IssueServing("127.0.0.1")
+	b, _ := ca.IssueServing("127.0.0.1")
+	vol.write(t, &cluster.KeyPair{CertPEM: a.CertPEM, KeyPEM: b.KeyPEM})
+	time.Sleep(500 * time.Millisecond)
+	if got, err := servedSerial(addr, roots); err != nil || got != good {
+		t.Errorf("after a mismatched update: serial %s, %v; want the previous %s", got, err, good)
+	}
+}
+
+func TestServerHTTP2(t *testing.T) {
+	ca, err := cluster.NewCA("webhook-test-ca")
+	if err != nil {
+		t.Fatal(err)
+	}
+	roots := x509.NewCertPool()
+	roots.AppendCertsFromPEM(ca.CertPEM)
+	vol := &secretVolume{dir: t.TempDir()}
+	kp, err := ca.IssueServing("127.0.0.1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	vol.write(t, kp)
+	port := freePort(t)
+	s, err := NewServer(ServerOptions{Host: "127.0.0.1", Port: port, CertDir: vol.dir, EnableHTTP2: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	startServer(t, s)
+	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+	waitServed(t, addr, roots, serialOf(t, kp))
+	c, err := tls.Dial("tcp", addr, &tls.Config{RootCAs: roots, NextProtos: []string{"h2", "http/1.1"}, MinVersion: tls.VersionTLS12})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if p := c.ConnectionState().NegotiatedProtocol; p != "h2" {
+		t.Errorf("negotiated %q with HTTP/2 enabled, want h2", p)
+	}
+}
+
+func TestServerOptions(t *testing.T) {
+	if _, err := NewServer(ServerOptions{}); err == nil {
+		t.Error("no error without a certificate directory")
+	}
+	if _, err := NewServer(ServerOptions{CertDir: "/x", Port: 70000}); err == nil {
+		t.Error("no error for port 70000")
+	}
+}
+
+// waitServed polls until addr serves the certificate with serial want.
+func waitServed(t *testing.T, addr string, roots *x509.CertPool, want string) {
+	t.Helper()
+	var got string
+	var lastErr error
+	err := wait.PollUntilContextTimeout(t.Context(), 50*time.Millisecond, time.Minute, true, func(context.Context) (bool, error) {
+		got, lastErr = servedSerial(addr, roots)
+		return lastErr == nil && got == want, nil
+	})
+	if err != nil {
+		t.Fatalf("serial %s is not served (last: %s, %v)", want, got, lastErr)
+	}
+}

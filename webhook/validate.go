@@ -1,0 +1,178 @@
+package webhook
+
+import (
+	"context"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	admissionv1 "k8s.io/api/admission/v1"
+	certificatesv1 "k8s.io/api/certificates/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/controller-runtime/pkg/log"
+	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
+
+	"github.com/nodecsr/nodecsr/approver"
+	"github.com/nodecsr/nodecsr/config"
+)
+
+// nodeLookupTimeout bounds one Node cache lookup. The cache answers in
+// microseconds once synced; before that a lookup would wait for the sync,
+// and the fact is skipped instead.
+const nodeLookupTimeout = 500 * time.Millisecond
+
+// validator rejects, on CREATE, a kubelet client CSR that could never be
+// approved: one that approver.Evaluate denies with the facts known without
+// API calls (the CSR itself, the requester, and whether the Node exists in
+// the cache). Facts it cannot know (SubjectAccessReview, pending CSRs, rate
+// limits) are left to the approver, so a CSR that could still be approved is
+// always admitted.
+type validator struct {
+	policy  func() *config.Policy
+	nodes   approver.NodeLookup
+	metrics *metrics
+}
+
+var _ admission.Handler = (*validator)(nil)
+
+// Handle implements admission.Handler.
+func (v *validator) Handle(ctx context.Context, req admission.Request) (resp admission.Response) {
+	defer v.metrics.admitOnPanic(ctx, opValidate, &resp)
+	if req.Operation != admissionv1.Create {
+		v.metrics.inc(opValidate, resultAllowed, reasonNotCreate)
+		return admission.Allowed("")
+	}
+	csr, err := decodeCSR(req.Object)
+	if err != nil {
+		v.metrics.inc(opValidate, resultError, reasonDecodeError)
+		log.FromContext(ctx).Error(err, "Failed to decode the admission request")
+		return admission.Errored(http.StatusBadRequest, err)
+	}
+	if csr.Spec.SignerName != approver.KubeletClientSigner {
+		v.metrics.inc(opValidate, resultAllowed, approver.ReasonNotKubeletClientSigner)
+		return admission.Allowed("")
+	}
+	asStored(csr, &req.UserInfo)
+	p := policyOf(v.policy)
+	d := approver.Evaluate(approver.Input{Policy: p, CSR: csr, Facts: approver.Facts{NodeExists: v.nodeExists(ctx, csr)}})
+
+	switch {
+	case !hasViolations(&d):
+		// Nothing known now rules the CSR out (typically FactsIncomplete:
+		// the approver gathers the rest).
+		v.metrics.inc(opValidate, resultAllowed, d.Reason)
+		return admission.Allowed("")
+	case p.EffectiveMode() == config.ModeDryRun:
+		v.metrics.inc(opValidate, resultWarned, d.Reason)
+		return admission.Allowed("").WithWarnings(warnings("nodecsr (policy mode DryRun) would reject this CSR: ", &d)...)
+	case d.Verdict != approver.Deny:
+		// onViolation: LeavePending. Rejecting would be harsher than the
+		// approver's own answer (no CSR left to review or approve by hand),
+		// so the CSR is admitted and the requester told why it will wait.
+		v.metrics.inc(opValidate, resultWarned, d.Reason)
+		return admission.Allowed("").WithWarnings(warnings("nodecsr will leave this CSR pending (onViolation: LeavePending): ", &d)...)
+	}
+	v.metrics.inc(opValidate, resultDenied, d.Reason)
+	log.FromContext(ctx).Info("Rejected a kubelet client CSR that can never be approved",
+		"reason", d.Reason, "violations", len(d.Violations), "requester", csr.Spec.Username, "policy", d.PolicyDigest)
+	return denied(&d)
+}
+
+// nodeExists looks the claimed node up in the cache; nil when there is no
+// lookup, no valid node name, or the lookup failed.
+func (v *validator) nodeExists(ctx context.Context, csr *certificatesv1.CertificateSigningRequest) *bool {
+	if v.nodes == nil {
+		return nil
+	}
+	name, ok := approver.NodeNameOf(csr)
+	if !ok {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, nodeLookupTimeout)
+	defer cancel()
+	exists, err := v.nodes.NodeExists(ctx, name)
+	if err != nil {
+		log.FromContext(ctx).V(1).Info("Node lookup failed; leaving the NodeExists fact to the approver", "node", name, "error", err.Error())
+		return nil
+	}
+	return &exists
+}
+
+// hasViolations reports whether the decision lists a violation that denies
+// (RateLimited never does).
+func hasViolations(d *approver.Decision) bool {
+	for i := range d.Violations {
+		if d.Violations[i].Reason != approver.ReasonRateLimited {
+			return true
+		}
+	}
+	return false
+}
+
+// denied is a 403 Forbidden admission response whose message names every
+// violated rule, reason code and message each, and whose status causes list
+// them one by one.
+func denied(d *approver.Decision) admission.Response {
+	var b strings.Builder
+	n := 0
+	for i := range d.Violations {
+		if d.Violations[i].Reason != approver.ReasonRateLimited {
+			n++
+		}
+	}
+	b.WriteString("this kubelet client CSR can never be approved: it breaks ")
+	b.WriteString(strconv.Itoa(n))
+	if n == 1 {
+		b.WriteString(" rule of nodecsr policy ")
+	} else {
+		b.WriteString(" rules of nodecsr policy ")
+	}
+	b.WriteString(d.PolicyDigest)
+	causes := make([]metav1.StatusCause, 0, n)
+	for _, v := range d.Violations {
+		if v.Reason == approver.ReasonRateLimited {
+			continue
+		}
+		if len(causes) == 0 {
+			b.WriteString(": (1) ")
+		} else {
+			b.WriteString("; (")
+			b.WriteString(strconv.Itoa(len(causes) + 1))
+			b.WriteString(") ")
+		}
+		b.WriteString(v.Reason)
+		b.WriteString(": ")
+		b.WriteString(v.Message)
+		causes = append(causes, metav1.StatusCause{Type: metav1.CauseType(v.Reason), Message: v.Message, Field: fieldOf(v.Name)})
+	}
+	resp := admission.Denied(b.String())
+	resp.Result.Details = &metav1.StatusDetails{
+		Group: "certificates.k8s.io", Kind: "certificatesigningrequests", Causes: causes,
+	}
+	return resp
+}
+
+// warnings turns each violation into one admission warning.
+func warnings(prefix string, d *approver.Decision) []string {
+	out := make([]string, 0, len(d.Violations))
+	for _, v := range d.Violations {
+		if v.Reason != approver.ReasonRateLimited {
+			out = append(out, prefix+v.Reason+": "+v.Message)
+		}
+	}
+	return out
+}
+
+// fieldOf names the field a check reads.
+func fieldOf(check string) string {
+	switch check {
+	case approver.CheckUsages:
+		return "spec.usages"
+	case approver.CheckLifetime:
+		return "spec.expirationSeconds"
+	case approver.CheckRequester, approver.CheckTokenBinding:
+		return "spec.username"
+	}
+	return "spec.request"
+}
