@@ -227,7 +227,6 @@ func (d *demo) startController(ctx context.Context) (*controllerProcess, error) 
 		"--webhook-cert-dir", certDir, "--webhook-host", "127.0.0.1", "--webhook-port", strconv.Itoa(ports[0]),
 		"--metrics-bind-address", p.metricsAddr,
 		"--health-probe-bind-address", "127.0.0.1:"+strconv.Itoa(ports[2]),
-		"--self-username", "nodecsr-test-admin",
 	)
 	p.cmd.Stdout, p.cmd.Stderr = logFile, logFile
 	if err := cluster.Spawn(p.cmd); err != nil {

@@ -116,7 +116,7 @@ func (o *Options) AddFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.WebhookHost, "webhook-host", o.WebhookHost, "Address the webhook server listens on; empty means all.")
 	fs.IntVar(&o.WebhookPort, "webhook-port", o.WebhookPort, "Port of the webhook server.")
 	fs.BoolVar(&o.WebhookEnableHTTP2, "webhook-enable-http2", o.WebhookEnableHTTP2, "Offer HTTP/2 on the webhook server (off by default: CVE-2023-44487).")
-	fs.StringVar(&o.SelfUsername, "self-username", o.SelfUsername, "nodecsr's own username, always allowed by the approval guard (default system:serviceaccount:$POD_NAMESPACE:$SERVICE_ACCOUNT_NAME).")
+	fs.StringVar(&o.SelfUsername, "self-username", o.SelfUsername, "nodecsr's own username, always allowed by the approval guard (default system:serviceaccount:$POD_NAMESPACE:$SERVICE_ACCOUNT_NAME, else asked from the API server with a SelfSubjectReview).")
 	fs.DurationVar(&o.CertificateExpiryHorizon, "certificate-expiry-horizon", o.CertificateExpiryHorizon, "Nodes whose newest kubelet client certificate expires within this are counted in nodecsr_node_certificates_expiring.")
 	fs.StringVar(&o.LogFormat, "log-format", o.LogFormat, "Log format: json or text.")
 	fs.StringVar(&o.LogLevel, "log-level", o.LogLevel, "Log level: debug, info, error, or a verbosity number.")

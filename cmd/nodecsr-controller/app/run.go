@@ -15,9 +15,11 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spf13/cobra"
 	"go.uber.org/zap/zapcore"
+	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/client-go/kubernetes"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
@@ -244,6 +246,13 @@ func RunWithConfig(ctx context.Context, o *Options, cfg *rest.Config) error {
 		return fmt.Errorf("failed to set up the Node cache: %w", err)
 	}
 	if webhookServer != nil {
+		if o.SelfUsername == "" {
+			// Ask the API server who we are, so the approval guard lets
+			// nodecsr's own approvals through.
+			if o.SelfUsername, err = whoAmI(ctx, cfg); err != nil {
+				return err
+			}
+		}
 		err := webhook.Register(mgr, webhook.Options{
 			Policy: policy, Nodes: approver.CachedNodes{Reader: mgr.GetCache()}, Self: o.SelfUsername,
 			Events: events, Registry: ctrlmetrics.Registry,
@@ -316,6 +325,18 @@ func (m *policyMetrics) setPolicy(digest string) {
 }
 
 func ptr[T any](v T) *T { return &v }
+
+func whoAmI(ctx context.Context, cfg *rest.Config) (string, error) {
+	cs, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return "", err
+	}
+	review, err := cs.AuthenticationV1().SelfSubjectReviews().Create(ctx, &authenticationv1.SelfSubjectReview{}, metav1.CreateOptions{})
+	if err != nil {
+		return "", fmt.Errorf("failed to learn nodecsr's own username (set --self-username): %w", err)
+	}
+	return review.Status.UserInfo.Username, nil
+}
 
 // webhookServerOrNil avoids a typed nil in the manager's interface field.
 func webhookServerOrNil(s *webhook.Server) ctrlwebhook.Server {
