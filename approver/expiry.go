@@ -67,11 +67,18 @@ func (t *ExpiryTracker) Observe(csr *certificatesv1.CertificateSigningRequest) {
 	if t.nodes == nil {
 		t.nodes = map[string]issuedCert{}
 	}
-	if known, ok := t.nodes[node]; ok && !cert.NotBefore.After(known.notBefore) &&
-		!(cert.NotBefore.Equal(known.notBefore) && cert.NotAfter.After(known.notAfter)) {
+	if known, ok := t.nodes[node]; ok && !newerCert(cert, known) {
 		return
 	}
 	t.nodes[node] = issuedCert{notBefore: cert.NotBefore, notAfter: cert.NotAfter, csr: csr.Name}
+}
+
+// newerCert orders certificates by NotBefore, then NotAfter.
+func newerCert(cert *x509.Certificate, known issuedCert) bool {
+	if !cert.NotBefore.Equal(known.notBefore) {
+		return cert.NotBefore.After(known.notBefore)
+	}
+	return cert.NotAfter.After(known.notAfter)
 }
 
 // ObserveUpdate records a CSR update when its certificate changed.

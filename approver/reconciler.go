@@ -36,6 +36,9 @@ const KubeletClientSigner = certificatesv1.KubeAPIServerClientKubeletSignerName
 const (
 	leftPendingRetry     = 5 * time.Minute
 	factsIncompleteRetry = 30 * time.Second
+	// conflictRetry decides a CSR again soon after a write lost a race on a
+	// CSR that is still pending (the cache was stale).
+	conflictRetry = 50 * time.Millisecond
 )
 
 // Reconciler decides pending kubelet client CSRs: it gathers the cluster
@@ -318,7 +321,7 @@ func (r *Reconciler) conflict(ctx context.Context, name string) (reconcile.Resul
 		return reconcile.Result{}, nil
 	}
 	r.Metrics.WriteConflicts.Inc()
-	return reconcile.Result{Requeue: true}, nil
+	return reconcile.Result{RequeueAfter: conflictRetry}, nil
 }
 
 // report records a decision that writes no condition (DryRun, left pending).

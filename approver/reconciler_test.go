@@ -154,8 +154,7 @@ func TestReconcileStaticDenialCostsNoAPICall(t *testing.T) {
 
 func TestReconcileLeavesACSRDecidedElsewhereAlone(t *testing.T) {
 	csr := csrtest.Build(csrtest.WithName("raced"))
-	var h *harness
-	h = newHarness(t, "", interceptor.Funcs{
+	h := newHarness(t, "", interceptor.Funcs{
 		SubResourceUpdate: func(ctx context.Context, c client.Client, sub string, obj client.Object, opts ...client.SubResourceUpdateOption) error {
 			// Someone else approves first.
 			other := csrtest.Build(csrtest.WithName("raced"))
@@ -189,7 +188,7 @@ func TestReconcileRetriesAConflictOnAPendingCSR(t *testing.T) {
 			return apierrors.NewConflict(schema.GroupResource{Resource: "certificatesigningrequests"}, "conflict", errors.New("stale"))
 		},
 	}, csr)
-	if res := h.reconcile(t, "conflict"); !res.Requeue { //nolint:staticcheck // Requeue is what the reconciler sets.
+	if res := h.reconcile(t, "conflict"); res.RequeueAfter <= 0 {
 		t.Fatalf("result %+v, want requeue", res)
 	}
 	if v := testutil.ToFloat64(h.r.Metrics.WriteConflicts); v != 1 {

@@ -72,7 +72,7 @@ func freePort(t testing.TB) int {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer l.Close()
+	defer func() { _ = l.Close() }()
 	return l.Addr().(*net.TCPAddr).Port
 }
 
@@ -83,7 +83,7 @@ func servedSerial(addr string, roots *x509.CertPool) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	defer conn.Close()
+	defer func() { _ = conn.Close() }()
 	return conn.ConnectionState().PeerCertificates[0].SerialNumber.String(), nil
 }
 
@@ -160,7 +160,7 @@ func TestServerTLSAndRotation(t *testing.T) {
 
 	// TLS 1.1 is refused; HTTP/2 is not offered.
 	if c, err := tls.Dial("tcp", addr, &tls.Config{RootCAs: roots, MaxVersion: tls.VersionTLS11}); err == nil { //nolint:gosec // testing that old TLS is refused
-		c.Close()
+		_ = c.Close()
 		t.Error("a TLS 1.1 handshake succeeded")
 	}
 	c, err := tls.Dial("tcp", addr, &tls.Config{RootCAs: roots, NextProtos: []string{"h2", "http/1.1"}, MinVersion: tls.VersionTLS12})
@@ -170,7 +170,7 @@ func TestServerTLSAndRotation(t *testing.T) {
 	if p := c.ConnectionState().NegotiatedProtocol; p == "h2" {
 		t.Error("HTTP/2 negotiated although it is disabled")
 	}
-	c.Close()
+	_ = c.Close()
 
 	// Leaf rotation under the same CA, as cert-manager renews it: the new
 	// certificate is served without a restart.
@@ -220,7 +220,7 @@ func TestServerHTTP2(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer c.Close()
+	defer func() { _ = c.Close() }()
 	if p := c.ConnectionState().NegotiatedProtocol; p != "h2" {
 		t.Errorf("negotiated %q with HTTP/2 enabled, want h2", p)
 	}

@@ -227,10 +227,10 @@ func (b *builder) resign(der []byte, key crypto.Signer) []byte {
 	}
 	hash := crypto.SHA256
 	alg := r.SignatureAlgorithm
-	switch {
-	case b.sigAlg == x509.SHA1WithRSA:
+	switch b.sigAlg {
+	case x509.SHA1WithRSA:
 		hash, alg = crypto.SHA1, pkix.AlgorithmIdentifier{Algorithm: oidSHA1WithRSA, Parameters: asn1.NullRawValue}
-	case b.sigAlg == x509.ECDSAWithSHA1:
+	case x509.ECDSAWithSHA1:
 		hash, alg = crypto.SHA1, pkix.AlgorithmIdentifier{Algorithm: oidECDSAWithSHA1}
 	default:
 		hash = hashFor(key, b.sigAlg)

@@ -118,8 +118,8 @@ func (o *Options) Validate() error {
 	if o.Kubeconfig == "" && o.BootstrapKubeconfig == "" {
 		errs = append(errs, errors.New("one of --kubeconfig or --bootstrap-kubeconfig is required"))
 	}
-	switch {
-	case o.NodeName == "":
+	switch o.NodeName {
+	case "":
 		errs = append(errs, errors.New("--node-name is required (the hostname could not be read)"))
 	default:
 		if msgs := validation.IsDNS1123Subdomain(o.NodeName); len(msgs) > 0 {

@@ -161,7 +161,8 @@ func run(ctx context.Context, keep bool, nodes int) (err error) {
 
 type controllerProcess struct {
 	cmd         *exec.Cmd
-	done        chan error
+	done        chan struct{} // closed when the process has exited
+	exitErr     error
 	webhookURL  string
 	metricsAddr string
 	log         string
@@ -215,7 +216,7 @@ func (d *demo) startController(ctx context.Context) (*controllerProcess, error) 
 		webhookURL:  "https://127.0.0.1:" + strconv.Itoa(ports[0]),
 		metricsAddr: "127.0.0.1:" + strconv.Itoa(ports[1]),
 		log:         filepath.Join(d.c.Dir(), "logs", "nodecsr-controller.log"),
-		done:        make(chan error, 1),
+		done:        make(chan struct{}),
 	}
 	logFile, err := os.Create(p.log)
 	if err != nil {
@@ -232,13 +233,17 @@ func (d *demo) startController(ctx context.Context) (*controllerProcess, error) 
 	if err := cluster.Spawn(p.cmd); err != nil {
 		return nil, err
 	}
-	go func() { p.done <- p.cmd.Wait(); _ = logFile.Close() }()
+	go func() {
+		p.exitErr = p.cmd.Wait()
+		_ = logFile.Close()
+		close(p.done)
+	}()
 
 	ready := "http://127.0.0.1:" + strconv.Itoa(ports[2]) + "/readyz"
 	err = wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, 60*time.Second, true, func(context.Context) (bool, error) {
 		select {
-		case err := <-p.done:
-			return false, fmt.Errorf("nodecsr-controller exited: %v", err)
+		case <-p.done:
+			return false, fmt.Errorf("nodecsr-controller exited: %v", p.exitErr)
 		default:
 		}
 		resp, err := http.Get(ready)
