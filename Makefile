@@ -20,6 +20,12 @@ HELM          := $(TOOLS)/helm-$(HELM_VERSION)
 TEST_TIMEOUT ?= 20m
 TEST_FLAGS   ?=
 
+# Fuzz targets as package:Target. `make fuzz` runs each for FUZZTIME;
+# `make test` runs each for TEST_FUZZTIME.
+FUZZ_TARGETS  := approver:FuzzEvaluate config:FuzzParse webhook:FuzzHandlers
+FUZZTIME      ?= 60s
+TEST_FUZZTIME ?= 10s
+
 .PHONY: help
 help: ## Show this help.
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -33,8 +39,17 @@ assets: ## Build etcd, kube-apiserver and kube-controller-manager (only when mis
 	@hack/build-assets.sh >/dev/null
 
 .PHONY: test
-test: assets ## Run unit and integration tests against a real local control plane.
+test: assets ## Run unit and integration tests against a real local control plane, then each fuzz target briefly.
 	$(GO) test -timeout $(TEST_TIMEOUT) -count=1 $(TEST_FLAGS) ./...
+	@$(MAKE) --no-print-directory fuzz FUZZTIME=$(TEST_FUZZTIME)
+
+.PHONY: fuzz
+fuzz: ## Run every fuzz target for FUZZTIME (default 60s) each.
+	@for t in $(FUZZ_TARGETS); do \
+		pkg=$${t%%:*}; fn=$${t##*:}; \
+		echo ">> fuzzing $$fn in ./$$pkg for $(FUZZTIME)"; \
+		$(GO) test -run '^$$' -fuzz "^$$fn\$$" -fuzztime $(FUZZTIME) ./$$pkg/ || exit 1; \
+	done
 
 .PHONY: lint
 lint: $(GOLANGCI_LINT) ## gofmt, go vet and golangci-lint.
@@ -50,9 +65,19 @@ demo: assets ## Run the demo on a local control plane (KEEP=1 keeps it running).
 bench: assets ## Run the benchmarks and write BENCHMARKS.md.
 	$(GO) test -run '^$$' -bench . -benchmem ./approver/ ./webhook/
 
+CHART_KUBE_VERSION := 1.37.2
+CHART_TEST_VALUES  := test/integration/chart/testdata/values-nondefault.yaml
+
 .PHONY: helm-lint
-helm-lint: $(HELM) ## Lint the Helm chart with default and non-default values.
-	$(HELM) lint charts/nodecsr
+helm-lint: $(HELM) ## Lint and render the Helm chart with default and non-default values.
+	$(HELM) lint --strict charts/nodecsr --kube-version $(CHART_KUBE_VERSION)
+	$(HELM) lint --strict charts/nodecsr --kube-version $(CHART_KUBE_VERSION) -f $(CHART_TEST_VALUES)
+	$(HELM) template nodecsr charts/nodecsr --kube-version $(CHART_KUBE_VERSION) >/dev/null
+	$(HELM) template nodecsr charts/nodecsr --kube-version $(CHART_KUBE_VERSION) -f $(CHART_TEST_VALUES) >/dev/null
+
+.PHONY: image
+image: ## Build the nodecsr-controller image as bin/nodecsr-controller-image.tar (no daemon, no pulls).
+	VERSION=$(VERSION) $(GO) run ./hack/image --output $(BIN)/nodecsr-controller-image.tar
 
 .PHONY: clean
 clean: ## Remove build output and caches (including the control-plane binaries).

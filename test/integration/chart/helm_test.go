@@ -1,0 +1,191 @@
+package chart_test
+
+import (
+	"context"
+	"fmt"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"helm.sh/helm/v3/pkg/action"
+	"helm.sh/helm/v3/pkg/chart"
+	"helm.sh/helm/v3/pkg/chart/loader"
+	"helm.sh/helm/v3/pkg/chartutil"
+	"helm.sh/helm/v3/pkg/release"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/cli-runtime/pkg/genericclioptions"
+	"k8s.io/client-go/rest"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/nodecsr/nodecsr/test/cluster"
+)
+
+func chartDir(t testing.TB) string { return filepath.Join(repoRoot(t), "charts", "nodecsr") }
+
+func loadChart(t testing.TB) *chart.Chart {
+	t.Helper()
+	ch, err := loader.Load(chartDir(t))
+	if err != nil {
+		t.Fatalf("failed to load the chart: %v", err)
+	}
+	return ch
+}
+
+// readValues parses values YAML the way `helm install -f` does.
+func readValues(t testing.TB, data string) map[string]any {
+	t.Helper()
+	v, err := chartutil.ReadValues([]byte(data))
+	if err != nil {
+		t.Fatalf("bad test values: %v", err)
+	}
+	return v.AsMap()
+}
+
+func readValuesFile(t testing.TB, name string) map[string]any {
+	t.Helper()
+	v, err := chartutil.ReadValuesFile(filepath.Join("testdata", name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return v.AsMap()
+}
+
+// rendered is what `helm template` would print, decoded.
+type rendered struct {
+	objs  []*unstructured.Unstructured // the release's objects
+	hooks []*unstructured.Unstructured // hook objects (the helm test Pod)
+	notes string
+}
+
+// render renders the chart client-side with Helm's install action, as
+// `helm template` does (schema validation, templates, {{ fail }}).
+func render(t testing.TB, releaseName, namespace string, vals map[string]any) (*rendered, error) {
+	t.Helper()
+	inst := action.NewInstall(&action.Configuration{Log: func(string, ...any) {}})
+	inst.DryRun, inst.ClientOnly, inst.Replace = true, true, true
+	inst.ReleaseName, inst.Namespace = releaseName, namespace
+	inst.KubeVersion = &chartutil.KubeVersion{Version: cluster.KubeVersion, Major: "1", Minor: "37"}
+	rel, err := inst.Run(loadChart(t), vals)
+	if err != nil {
+		return nil, err
+	}
+	r := &rendered{objs: decodeManifests(t, rel.Manifest), notes: rel.Info.Notes}
+	for _, h := range rel.Hooks {
+		r.hooks = append(r.hooks, decodeManifests(t, h.Manifest)...)
+	}
+	return r, nil
+}
+
+func mustRender(t testing.TB, releaseName, namespace string, vals map[string]any) *rendered {
+	t.Helper()
+	r, err := render(t, releaseName, namespace, vals)
+	if err != nil {
+		t.Fatalf("the chart does not render: %v", err)
+	}
+	return r
+}
+
+// warnings collects the API server's warnings (for example Pod Security
+// admission's "would violate PodSecurity") seen by Helm's clients.
+type warnings struct {
+	mu   sync.Mutex
+	list []string
+}
+
+func (w *warnings) HandleWarningHeader(_ int, _ string, text string) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.list = append(w.list, text)
+}
+
+func (w *warnings) all() []string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return append([]string(nil), w.list...)
+}
+
+// helmConfig is Helm's action configuration for namespace, talking to the
+// test API server as the admin through a kubeconfig file (as the helm CLI
+// does), with Secrets as the release storage.
+func helmConfig(t testing.TB, namespace string, w *warnings) *action.Configuration {
+	t.Helper()
+	kubeconfig := tc.AdminKubeconfig()
+	flags := genericclioptions.NewConfigFlags(false)
+	flags.KubeConfig = &kubeconfig
+	flags.Namespace = &namespace
+	flags.WrapConfigFn = func(c *rest.Config) *rest.Config {
+		if w != nil {
+			c.WarningHandler = w
+		}
+		return c
+	}
+	cfg := new(action.Configuration)
+	if err := cfg.Init(flags, namespace, "secret", func(string, ...any) {}); err != nil {
+		t.Fatalf("failed to initialise Helm: %v", err)
+	}
+	return cfg
+}
+
+// install installs the chart as releaseName into namespace (which must
+// exist) and uninstalls it when the test ends.
+func install(t *testing.T, releaseName, namespace string, vals map[string]any, w *warnings) *release.Release {
+	t.Helper()
+	cfg := helmConfig(t, namespace, w)
+	inst := action.NewInstall(cfg)
+	inst.ReleaseName, inst.Namespace = releaseName, namespace
+	inst.Timeout = 2 * time.Minute
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	rel, err := inst.RunWithContext(ctx, loadChart(t), vals)
+	if err != nil {
+		t.Fatalf("helm install %s: %v", releaseName, err)
+	}
+	t.Cleanup(func() {
+		un := action.NewUninstall(helmConfig(t, namespace, nil))
+		un.Timeout = time.Minute
+		if _, err := un.Run(releaseName); err != nil {
+			t.Errorf("helm uninstall %s: %v", releaseName, err)
+		}
+	})
+	return rel
+}
+
+// getLive reads each object back from the API server.
+func getLive(ctx context.Context, t *testing.T, objs []*unstructured.Unstructured) {
+	t.Helper()
+	for _, o := range objs {
+		live := &unstructured.Unstructured{}
+		live.SetGroupVersionKind(o.GroupVersionKind())
+		key := client.ObjectKeyFromObject(o)
+		if err := kclient.Get(ctx, key, live); err != nil {
+			t.Errorf("%s %s was not created: %v", o.GetKind(), key, err)
+		}
+	}
+}
+
+func describe(o *unstructured.Unstructured) string {
+	if o.GetNamespace() == "" {
+		return fmt.Sprintf("%s/%s", o.GetKind(), o.GetName())
+	}
+	return fmt.Sprintf("%s/%s/%s", o.GetKind(), o.GetNamespace(), o.GetName())
+}
+
+func kinds(objs []*unstructured.Unstructured) []string {
+	var out []string
+	for _, o := range objs {
+		out = append(out, describe(o))
+	}
+	return out
+}
+
+func podSecurityWarnings(w *warnings) []string {
+	var out []string
+	for _, s := range w.all() {
+		if strings.Contains(s, "PodSecurity") {
+			out = append(out, s)
+		}
+	}
+	return out
+}

@@ -1,0 +1,453 @@
+package chart_test
+
+import (
+	"context"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/spf13/pflag"
+	appsv1 "k8s.io/api/apps/v1"
+	authorizationv1 "k8s.io/api/authorization/v1"
+	certificatesv1 "k8s.io/api/certificates/v1"
+	coordinationv1 "k8s.io/api/coordination/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/nodecsr/nodecsr/approver/csrtest"
+	"github.com/nodecsr/nodecsr/cmd/nodecsr-controller/app"
+	"github.com/nodecsr/nodecsr/test/cluster"
+)
+
+// TestInstallIntoRealAPIServer installs the chart with Helm's SDK, once with
+// the defaults and once with non-default values, into namespaces that
+// enforce the restricted Pod Security Standard: the API server accepts every
+// object, the Pod Security admission has nothing to say about the pods, and
+// the `helm test` Pod is admitted.
+func TestInstallIntoRealAPIServer(t *testing.T) {
+	restricted := map[string]string{
+		"pod-security.kubernetes.io/enforce": "restricted",
+		"pod-security.kubernetes.io/warn":    "restricted",
+	}
+	nondefault := readValuesFile(t, "values-nondefault.yaml")
+	// No Prometheus Operator CRDs here: the monitoring objects are checked by
+	// TestRenderNonDefaultValues.
+	nondefault["serviceMonitor"].(map[string]any)["enabled"] = false
+	nondefault["prometheusRule"].(map[string]any)["enabled"] = false
+	nondefault["tests"] = map[string]any{"enabled": true}
+
+	// Own names, so that these releases' cluster-scoped objects never meet
+	// another test's.
+	eventsNS := uniqueName("events")
+	nondefault["controller"].(map[string]any)["eventsNamespace"] = eventsNS
+	nondefault["fullnameOverride"] = uniqueName("csr-approver")
+
+	cases := map[string]struct {
+		values   map[string]any
+		eventsNS string
+	}{
+		"defaults":   {values: nil, eventsNS: "default"},
+		"nondefault": {values: nondefault, eventsNS: eventsNS},
+	}
+	for name, tcase := range cases {
+		t.Run(name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+			defer cancel()
+			ns := uniqueName("install-" + name)
+			createNamespace(t, ns, restricted)
+			if tcase.eventsNS != "default" {
+				createNamespace(t, tcase.eventsNS, nil)
+			}
+			w := &warnings{}
+			rel := install(t, ns, ns, tcase.values, w)
+			objs := decodeManifests(t, rel.Manifest)
+			if len(objs) < 10 {
+				t.Fatalf("only %d objects installed: %v", len(objs), kinds(objs))
+			}
+			getLive(ctx, t, objs)
+			if pw := podSecurityWarnings(w); len(pw) > 0 {
+				t.Errorf("Pod Security admission warns about the chart's pods: %q", pw)
+			}
+
+			// Pods are not scheduled here (no kubelet, no scheduler), so ask
+			// the API server to admit them: the Deployment's pod template and
+			// the helm test Pod, in a namespace that enforces "restricted".
+			var d *appsv1.Deployment
+			for _, o := range ofKind(objs, "Deployment") {
+				d = convert[appsv1.Deployment](t, o)
+			}
+			pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "template-check", Namespace: ns, Labels: d.Spec.Template.Labels}, Spec: d.Spec.Template.Spec}
+			if _, err := admin.CoreV1().Pods(ns).Create(ctx, pod, metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}}); err != nil {
+				t.Errorf("the API server refuses the Deployment's pod in a restricted namespace: %v", err)
+			}
+			for _, h := range rel.Hooks {
+				for _, o := range decodeManifests(t, h.Manifest) {
+					o.SetNamespace(ns)
+					if err := kclient.Create(ctx, o, client.DryRunAll); err != nil {
+						t.Errorf("the API server refuses the test hook %s: %v", describe(o), err)
+					}
+				}
+			}
+		})
+	}
+}
+
+// chartSA is the ServiceAccount identity of a release: user and groups as
+// the API server authenticates its token.
+func chartSA(ns, name string) rest.ImpersonationConfig {
+	return rest.ImpersonationConfig{
+		UserName: "system:serviceaccount:" + ns + ":" + name,
+		Groups:   []string{"system:serviceaccounts", "system:serviceaccounts:" + ns, "system:authenticated"},
+	}
+}
+
+// forbiddenRecorder records every request the API server refused with 403.
+type forbiddenRecorder struct {
+	mu   sync.Mutex
+	seen []string
+}
+
+func (f *forbiddenRecorder) wrap(rt http.RoundTripper) http.RoundTripper {
+	return roundTripperFunc(func(req *http.Request) (*http.Response, error) {
+		resp, err := rt.RoundTrip(req)
+		if err == nil && resp.StatusCode == http.StatusForbidden {
+			f.mu.Lock()
+			f.seen = append(f.seen, req.Method+" "+req.URL.Path+"?"+req.URL.RawQuery)
+			f.mu.Unlock()
+		}
+		return resp, err
+	})
+}
+
+func (f *forbiddenRecorder) all() []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]string(nil), f.seen...)
+}
+
+type roundTripperFunc func(*http.Request) (*http.Response, error)
+
+func (f roundTripperFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
+
+// running is nodecsr-controller running in-process.
+type running struct {
+	opts      *app.Options
+	forbidden *forbiddenRecorder
+	policy    string // the policy file it reads
+}
+
+// runInstalledController runs nodecsr-controller in-process exactly as the
+// installed Deployment would run it: the Deployment's own args, parsed by
+// nodecsr-controller's flag set, the installed policy ConfigMap as the
+// policy file, and the chart's ServiceAccount as its identity
+// (impersonated). set overrides flags that only make sense in a pod
+// (addresses, paths). It stops when the test ends.
+func runInstalledController(t *testing.T, ns, fullname, sa string, set map[string]string) *running {
+	t.Helper()
+	ctx := context.Background()
+	d, err := admin.AppsV1().Deployments(ns).Get(ctx, fullname, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	o, fs := parseArgs(t, d)
+
+	cm, err := admin.CoreV1().ConfigMaps(ns).Get(ctx, fullname+"-policy", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	policy := filepath.Join(t.TempDir(), "policy.yaml")
+	if err := os.WriteFile(policy, []byte(cm.Data["policy.yaml"]), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	overrides := map[string]string{
+		"policy":                    policy,
+		"policy-reload-interval":    "200ms",
+		"metrics-bind-address":      "0",
+		"health-probe-bind-address": "0",
+		"pod-name":                  fullname + "-test-0",
+		"pod-namespace":             ns,
+	}
+	for k, v := range set {
+		overrides[k] = v
+	}
+	setFlags(t, fs, overrides)
+	if err := o.Validate(); err != nil {
+		t.Fatalf("invalid options: %v", err)
+	}
+
+	rec := &forbiddenRecorder{}
+	cfg := tc.AdminConfig()
+	cfg.Impersonate = chartSA(ns, sa)
+	cfg.QPS, cfg.Burst = o.KubeAPIQPS, o.KubeAPIBurst
+	cfg.WrapTransport = rec.wrap
+
+	runCtx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- app.RunWithConfig(runCtx, o, cfg) }()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("nodecsr-controller: %v", err)
+			}
+		case <-time.After(30 * time.Second):
+			t.Error("nodecsr-controller did not stop within 30s")
+		}
+	})
+	// Fail fast if it refuses to start.
+	select {
+	case err := <-done:
+		t.Fatalf("nodecsr-controller stopped at once: %v", err)
+	case <-time.After(200 * time.Millisecond):
+	}
+	return &running{opts: o, forbidden: rec, policy: policy}
+}
+
+func setFlags(t *testing.T, fs *pflag.FlagSet, values map[string]string) {
+	t.Helper()
+	for k, v := range values {
+		if err := fs.Set(k, v); err != nil {
+			t.Fatalf("--%s=%s: %v", k, v, err)
+		}
+	}
+}
+
+// TestChartRBACIsEnoughAndNoMore runs nodecsr-controller as the installed
+// chart's ServiceAccount: it approves a bootstrap CSR (which
+// kube-controller-manager then signs), denies a bad one, writes the Events,
+// holds the Lease and reports a bad policy reload, with no request refused.
+// Then SubjectAccessReviews show what the ServiceAccount cannot do.
+func TestChartRBACIsEnoughAndNoMore(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	ns := uniqueName("rbac")
+	createNamespace(t, ns, nil)
+	install(t, ns, ns, nil, nil)
+	fullname := ns + "-nodecsr"
+	sa := fullname
+
+	// Without a certificate directory: the webhooks are tested in
+	// TestCertManagerIssuesTheWebhookCertificate.
+	r := runInstalledController(t, ns, fullname, sa, map[string]string{"webhook-cert-dir": ""})
+
+	tok, bootstrap := bootstrapClient(ctx, t)
+	node := uniqueName("rbac-worker")
+	good := csrtest.Build(csrtest.WithName(uniqueName("rbac-good")), csrtest.WithNodeName(node))
+	bad := csrtest.Build(csrtest.WithName(uniqueName("rbac-bad")), csrtest.WithNodeName(uniqueName("rbac-other")), csrtest.WithDNSSAN("evil.example.com"))
+	for _, csr := range []*certificatesv1.CertificateSigningRequest{good, bad} {
+		if _, err := bootstrap.CertificatesV1().CertificateSigningRequests().Create(ctx, csr, metav1.CreateOptions{}); err != nil {
+			t.Fatalf("bootstrap token could not file %s: %v", csr.Name, err)
+		}
+		t.Cleanup(func() {
+			_ = admin.CertificatesV1().CertificateSigningRequests().Delete(context.Background(), csr.Name, metav1.DeleteOptions{})
+		})
+	}
+
+	t.Logf("bootstrap token %s filed %s (node %s) and %s (a DNS SAN)", tok.Username(), good.Name, node, bad.Name)
+	approved := waitDecided(ctx, t, good.Name)
+	if c := condition(approved, certificatesv1.CertificateApproved); c == nil {
+		t.Fatalf("bootstrap CSR %s was not approved: %+v", good.Name, approved.Status.Conditions)
+	}
+	// kube-controller-manager's csrsigning signs what nodecsr approved.
+	if err := poll(ctx, 30*time.Second, func(ctx context.Context) (bool, error) {
+		got, err := admin.CertificatesV1().CertificateSigningRequests().Get(ctx, good.Name, metav1.GetOptions{})
+		return err == nil && len(got.Status.Certificate) > 0, err
+	}); err != nil {
+		t.Errorf("the approved CSR was not signed: %v", err)
+	}
+	t.Logf("%s approved (%s) and signed by kube-controller-manager", good.Name, condition(approved, certificatesv1.CertificateApproved).Reason)
+	denied := waitDecided(ctx, t, bad.Name)
+	if c := condition(denied, certificatesv1.CertificateDenied); c == nil || c.Reason != "SANsNotAllowed" {
+		t.Errorf("CSR with a DNS SAN: conditions %+v, want Denied SANsNotAllowed", denied.Status.Conditions)
+	}
+
+	// The Events about both CSRs, in the events namespace.
+	for _, name := range []string{good.Name, bad.Name} {
+		if err := poll(ctx, 30*time.Second, func(ctx context.Context) (bool, error) {
+			evs, err := admin.EventsV1().Events(r.opts.EventsNamespace).List(ctx, metav1.ListOptions{FieldSelector: fields.OneTermEqualSelector("regarding.name", name).String()})
+			if err != nil {
+				return false, err
+			}
+			for _, ev := range evs.Items {
+				if ev.ReportingController == "nodecsr" {
+					return true, nil
+				}
+			}
+			return false, nil
+		}); err != nil {
+			t.Errorf("no Event about CSR %s in %s: %v", name, r.opts.EventsNamespace, err)
+		}
+	}
+
+	// The Lease in the release namespace.
+	lease := &coordinationv1.Lease{}
+	if err := kclient.Get(ctx, client.ObjectKey{Namespace: ns, Name: r.opts.LeaderElectionID}, lease); err != nil {
+		t.Errorf("no leader Lease %s/%s: %v", ns, r.opts.LeaderElectionID, err)
+	} else if lease.Spec.HolderIdentity == nil || *lease.Spec.HolderIdentity == "" {
+		t.Errorf("Lease %s has no holder", lease.Name)
+	}
+
+	// A broken policy is reported with a Warning Event about the Pod, in the
+	// release namespace.
+	if err := os.WriteFile(r.policy, []byte("apiVersion: nodecsr.io/v1alpha1\nkind: Policy\nspec:\n  mode: Sometimes\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := poll(ctx, 30*time.Second, func(ctx context.Context) (bool, error) {
+		evs, err := admin.EventsV1().Events(ns).List(ctx, metav1.ListOptions{FieldSelector: fields.OneTermEqualSelector("regarding.name", r.opts.PodName).String()})
+		if err != nil {
+			return false, err
+		}
+		for _, ev := range evs.Items {
+			if ev.Reason == "PolicyReloadFailed" {
+				return true, nil
+			}
+		}
+		return false, nil
+	}); err != nil {
+		t.Errorf("no PolicyReloadFailed Event about pod %s: %v", r.opts.PodName, err)
+	}
+
+	t.Logf("%s denied (%s); Events written; Lease %s held by %s; policy reload failure reported", bad.Name, condition(denied, certificatesv1.CertificateDenied).Reason, r.opts.LeaderElectionID, ptrString(lease.Spec.HolderIdentity))
+	if f := r.forbidden.all(); len(f) > 0 {
+		t.Errorf("the API server refused %d of nodecsr-controller's requests with the chart's RBAC:\n%s", len(f), strings.Join(f, "\n"))
+	}
+
+	// And what the ServiceAccount may not do.
+	id := chartSA(ns, sa)
+	res := func(group, resource, sub, verb, name, namespace string) *authorizationv1.ResourceAttributes {
+		return &authorizationv1.ResourceAttributes{Group: group, Resource: resource, Subresource: sub, Verb: verb, Name: name, Namespace: namespace}
+	}
+	cert := "certificates.k8s.io"
+	mayNot := map[string]*authorizationv1.ResourceAttributes{
+		"approve for kube-apiserver-client":         res(cert, "signers", "", "approve", "kubernetes.io/kube-apiserver-client", ""),
+		"approve for legacy-unknown":                res(cert, "signers", "", "approve", "kubernetes.io/legacy-unknown", ""),
+		"approve for kubelet-serving":               res(cert, "signers", "", "approve", "kubernetes.io/kubelet-serving", ""),
+		"approve for every signer of the domain":    res(cert, "signers", "", "approve", "kubernetes.io/*", ""),
+		"sign for the kubelet client signer":        res(cert, "signers", "", "sign", kubeletSigner, ""),
+		"update CSR status (issue certificates)":    res(cert, "certificatesigningrequests", "status", "update", "", ""),
+		"update CSRs":                               res(cert, "certificatesigningrequests", "", "update", "", ""),
+		"create CSRs":                               res(cert, "certificatesigningrequests", "", "create", "", ""),
+		"delete CSRs":                               res(cert, "certificatesigningrequests", "", "delete", "", ""),
+		"get Secrets in its namespace":              res("", "secrets", "", "get", "", ns),
+		"list Secrets in its namespace":             res("", "secrets", "", "list", "", ns),
+		"list Secrets in kube-system":               res("", "secrets", "", "list", "", "kube-system"),
+		"get Nodes":                                 res("", "nodes", "", "get", "", ""),
+		"update Nodes":                              res("", "nodes", "", "update", "", ""),
+		"create Pods":                               res("", "pods", "", "create", "", ns),
+		"create Leases in kube-system":              res("coordination.k8s.io", "leases", "", "create", "", "kube-system"),
+		"delete its Lease":                          res("coordination.k8s.io", "leases", "", "delete", r.opts.LeaderElectionID, ns),
+		"create Events in kube-system":              res("events.k8s.io", "events", "", "create", "", "kube-system"),
+		"delete Events":                             res("events.k8s.io", "events", "", "delete", "", r.opts.EventsNamespace),
+		"create ClusterRoleBindings":                res("rbac.authorization.k8s.io", "clusterrolebindings", "", "create", "", ""),
+		"escalate its ClusterRole":                  res("rbac.authorization.k8s.io", "clusterroles", "", "escalate", fullname, ""),
+		"impersonate users":                         res("", "users", "", "impersonate", "system:admin", ""),
+		"update webhook configurations":             res("admissionregistration.k8s.io", "validatingwebhookconfigurations", "", "update", fullname, ""),
+		"create CSR nodeclient (request as a node)": res(cert, "certificatesigningrequests", "nodeclient", "create", "", ""),
+	}
+	may := map[string]*authorizationv1.ResourceAttributes{
+		"approve for the kubelet client signer": res(cert, "signers", "", "approve", kubeletSigner, ""),
+		"update the approval subresource":       res(cert, "certificatesigningrequests", "approval", "update", "", ""),
+		"watch CSRs":                            res(cert, "certificatesigningrequests", "", "watch", "", ""),
+		"create SubjectAccessReviews":           res("authorization.k8s.io", "subjectaccessreviews", "", "create", "", ""),
+		"watch Nodes":                           res("", "nodes", "", "watch", "", ""),
+		"update its Lease":                      res("coordination.k8s.io", "leases", "", "update", r.opts.LeaderElectionID, ns),
+		"create Events about CSRs":              res("events.k8s.io", "events", "", "create", "", r.opts.EventsNamespace),
+	}
+	for what, attrs := range mayNot {
+		if allowed, reason := sar(ctx, t, id, attrs); allowed {
+			t.Errorf("the ServiceAccount may %s (%s)", what, reason)
+		}
+	}
+	for what, attrs := range may {
+		if allowed, reason := sar(ctx, t, id, attrs); !allowed {
+			t.Errorf("the ServiceAccount may not %s: %s", what, reason)
+		}
+	}
+}
+
+func sar(ctx context.Context, t *testing.T, id rest.ImpersonationConfig, attrs *authorizationv1.ResourceAttributes) (bool, string) {
+	t.Helper()
+	review, err := admin.AuthorizationV1().SubjectAccessReviews().Create(ctx, &authorizationv1.SubjectAccessReview{Spec: authorizationv1.SubjectAccessReviewSpec{
+		User: id.UserName, Groups: id.Groups, ResourceAttributes: attrs,
+	}}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatalf("SubjectAccessReview: %v", err)
+	}
+	return review.Status.Allowed, review.Status.Reason
+}
+
+// waitDecided waits until the CSR has an Approved or Denied condition.
+func waitDecided(ctx context.Context, t *testing.T, name string) *certificatesv1.CertificateSigningRequest {
+	t.Helper()
+	var csr *certificatesv1.CertificateSigningRequest
+	err := poll(ctx, time.Minute, func(ctx context.Context) (bool, error) {
+		var err error
+		csr, err = admin.CertificatesV1().CertificateSigningRequests().Get(ctx, name, metav1.GetOptions{})
+		if err != nil {
+			return false, err
+		}
+		return condition(csr, certificatesv1.CertificateApproved) != nil || condition(csr, certificatesv1.CertificateDenied) != nil, nil
+	})
+	if err != nil {
+		t.Fatalf("CSR %s was not decided: %v (conditions %+v)", name, err, csr.Status.Conditions)
+	}
+	return csr
+}
+
+func condition(csr *certificatesv1.CertificateSigningRequest, typ certificatesv1.RequestConditionType) *certificatesv1.CertificateSigningRequestCondition {
+	for i := range csr.Status.Conditions {
+		if csr.Status.Conditions[i].Type == typ && csr.Status.Conditions[i].Status == corev1.ConditionTrue {
+			return &csr.Status.Conditions[i]
+		}
+	}
+	return nil
+}
+
+// freeLoopbackPort returns a port free on 127.0.0.1 now.
+func freeLoopbackPort(t *testing.T) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = l.Close() }()
+	_, port, _ := net.SplitHostPort(l.Addr().String())
+	n, _ := strconv.Atoi(port)
+	return n
+}
+
+func ptrString(p *string) string {
+	if p == nil {
+		return ""
+	}
+	return *p
+}
+
+// bootstrapClient creates a bootstrap token (deleted when the test ends) and
+// a client that authenticates with it, as a joining kubelet does.
+func bootstrapClient(ctx context.Context, t *testing.T) (cluster.BootstrapToken, kubernetes.Interface) {
+	t.Helper()
+	tok, err := tc.CreateBootstrapToken(ctx, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = admin.CoreV1().Secrets(metav1.NamespaceSystem).Delete(context.Background(), "bootstrap-token-"+tok.ID, metav1.DeleteOptions{})
+	})
+	cs, err := kubernetes.NewForConfig(tc.BootstrapConfig(tok))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tok, cs
+}

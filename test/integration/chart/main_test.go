@@ -1,0 +1,249 @@
+// Package chart_test tests the Helm chart charts/nodecsr with Helm's own Go
+// SDK: it renders the chart (defaults, non-default values, values that must
+// be refused), installs it into a real control plane (etcd, kube-apiserver,
+// kube-controller-manager's csrsigning), runs nodecsr-controller in-process
+// as the chart's ServiceAccount to prove its RBAC is enough and no more, and
+// runs cert-manager's own controllers and cainjector in-process so that the
+// chart's certificates are really issued and the API server really calls
+// nodecsr's webhook over TLS.
+package chart_test
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"go.uber.org/zap/zapcore"
+	corev1 "k8s.io/api/core/v1"
+	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/util/wait"
+	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
+	"k8s.io/client-go/kubernetes"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/log/zap"
+	"sigs.k8s.io/yaml"
+
+	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
+
+	"github.com/nodecsr/nodecsr/test/cluster"
+)
+
+const certManagerVersion = "v1.21.2"
+
+var (
+	tc      *cluster.Cluster
+	admin   kubernetes.Interface
+	kclient client.Client
+	scheme  = runtime.NewScheme()
+	nameSeq atomic.Int64
+)
+
+func TestMain(m *testing.M) {
+	os.Exit(cluster.RunTests(m, cluster.Options{}, func(c *cluster.Cluster) error {
+		tc, admin = c, c.AdminClient()
+		// nodecsr-controller (run in-process) logs its errors only.
+		ctrl.SetLogger(zap.New(zap.WriteTo(os.Stderr), zap.Level(zapcore.ErrorLevel)))
+		for _, add := range []func(*runtime.Scheme) error{clientgoscheme.AddToScheme, apiextensionsv1.AddToScheme, cmapi.AddToScheme} {
+			if err := add(scheme); err != nil {
+				return err
+			}
+		}
+		var err error
+		if kclient, err = client.New(c.AdminConfig(), client.Options{Scheme: scheme}); err != nil {
+			return err
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		// The CRDs first, long before any test creates a custom resource:
+		// the API server delays the first create of a custom resource that
+		// comes within seconds of its CRD becoming Established.
+		if err := installCertManagerCRDs(ctx); err != nil {
+			return err
+		}
+		return c.ApplyKubeadmRBAC(ctx)
+	}))
+}
+
+// uniqueName returns prefix-N, unique within the test binary.
+func uniqueName(prefix string) string {
+	return fmt.Sprintf("%s-%d", prefix, nameSeq.Add(1))
+}
+
+// repoRoot is the repository root.
+func repoRoot(t testing.TB) string {
+	t.Helper()
+	root, err := cluster.RepoRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return root
+}
+
+// certManagerCRDDir is deploy/crds of the cert-manager module in the module
+// cache (the version go.mod requires).
+func certManagerCRDDir() (string, error) {
+	modcache := os.Getenv("GOMODCACHE")
+	if modcache == "" {
+		out, err := goEnv("GOMODCACHE")
+		if err != nil {
+			return "", err
+		}
+		modcache = out
+	}
+	dir := filepath.Join(modcache, "github.com", "cert-manager", "cert-manager@"+certManagerVersion, "deploy", "crds")
+	if _, err := os.Stat(dir); err != nil {
+		return "", fmt.Errorf("cert-manager's CRDs are not in the module cache (run go mod download github.com/cert-manager/cert-manager): %w", err)
+	}
+	return dir, nil
+}
+
+// installCertManagerCRDs creates the cert-manager.io CRDs (the ACME ones are
+// not needed) and waits until they are Established.
+func installCertManagerCRDs(ctx context.Context) error {
+	dir, err := certManagerCRDDir()
+	if err != nil {
+		return err
+	}
+	files, err := filepath.Glob(filepath.Join(dir, "cert-manager.io_*.yaml"))
+	if err != nil {
+		return err
+	}
+	if len(files) == 0 {
+		return fmt.Errorf("no cert-manager.io CRDs in %s", dir)
+	}
+	sort.Strings(files)
+	var names []string
+	for _, f := range files {
+		data, err := os.ReadFile(f)
+		if err != nil {
+			return err
+		}
+		crd := &apiextensionsv1.CustomResourceDefinition{}
+		if err := yaml.UnmarshalStrict(bytes.TrimPrefix(data, []byte("---\n")), crd); err != nil {
+			return fmt.Errorf("failed to decode %s: %w", f, err)
+		}
+		if err := kclient.Create(ctx, crd); err != nil && !apierrors.IsAlreadyExists(err) {
+			return fmt.Errorf("failed to create CRD %s: %w", crd.Name, err)
+		}
+		names = append(names, crd.Name)
+	}
+	return wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
+		for _, name := range names {
+			crd := &apiextensionsv1.CustomResourceDefinition{}
+			if err := kclient.Get(ctx, client.ObjectKey{Name: name}, crd); err != nil {
+				return false, err
+			}
+			established := false
+			for _, c := range crd.Status.Conditions {
+				if c.Type == apiextensionsv1.Established && c.Status == apiextensionsv1.ConditionTrue {
+					established = true
+				}
+			}
+			if !established {
+				return false, nil
+			}
+		}
+		return true, nil
+	})
+}
+
+// decodeManifests splits a multi-document manifest into objects.
+func decodeManifests(t testing.TB, manifest string) []*unstructured.Unstructured {
+	t.Helper()
+	var objs []*unstructured.Unstructured
+	dec := utilyaml.NewYAMLOrJSONDecoder(strings.NewReader(manifest), 4096)
+	for {
+		obj := &unstructured.Unstructured{}
+		if err := dec.Decode(&obj.Object); err != nil {
+			if err == io.EOF {
+				return objs
+			}
+			t.Fatalf("the rendered manifest does not decode: %v", err)
+		}
+		if len(obj.Object) == 0 {
+			continue
+		}
+		objs = append(objs, obj)
+	}
+}
+
+// convert turns an unstructured object into a typed one.
+func convert[T any](t testing.TB, u *unstructured.Unstructured) *T {
+	t.Helper()
+	out := new(T)
+	if err := runtime.DefaultUnstructuredConverter.FromUnstructuredWithValidation(u.Object, out, true); err != nil {
+		t.Fatalf("%s %s does not convert to %T: %v", u.GetKind(), u.GetName(), out, err)
+	}
+	return out
+}
+
+// find returns the one object of kind named name; it fails the test when
+// there is not exactly one.
+func find(t testing.TB, objs []*unstructured.Unstructured, kind, name string) *unstructured.Unstructured {
+	t.Helper()
+	var found []*unstructured.Unstructured
+	for _, o := range objs {
+		if o.GetKind() == kind && o.GetName() == name {
+			found = append(found, o)
+		}
+	}
+	if len(found) != 1 {
+		t.Fatalf("%d objects of kind %s named %q in the manifest, want 1", len(found), kind, name)
+	}
+	return found[0]
+}
+
+func ofKind(objs []*unstructured.Unstructured, kind string) []*unstructured.Unstructured {
+	var out []*unstructured.Unstructured
+	for _, o := range objs {
+		if o.GetKind() == kind {
+			out = append(out, o)
+		}
+	}
+	return out
+}
+
+func poll(ctx context.Context, timeout time.Duration, cond func(context.Context) (bool, error)) error {
+	return wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, timeout, true, cond)
+}
+
+func createNamespace(t *testing.T, name string, labels map[string]string) {
+	t.Helper()
+	ctx := context.Background()
+	_, err := admin.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: labels}}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatalf("failed to create namespace %s: %v", name, err)
+	}
+	// What kube-controller-manager's serviceaccount controller (not running
+	// here) does in a real cluster: pods without a serviceAccountName use it.
+	sa := &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "default", Namespace: name}}
+	if _, err := admin.CoreV1().ServiceAccounts(name).Create(ctx, sa, metav1.CreateOptions{}); err != nil {
+		t.Fatalf("failed to create the default ServiceAccount in %s: %v", name, err)
+	}
+	t.Cleanup(func() {
+		_ = admin.CoreV1().Namespaces().Delete(context.Background(), name, metav1.DeleteOptions{})
+	})
+}
+
+func goEnv(name string) (string, error) {
+	out, err := exec.Command("go", "env", name).Output()
+	if err != nil {
+		return "", fmt.Errorf("go env %s: %w", name, err)
+	}
+	return strings.TrimSpace(string(out)), nil
+}

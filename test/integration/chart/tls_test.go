@@ -1,0 +1,248 @@
+package chart_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/x509"
+	"encoding/json"
+	"encoding/pem"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	certificatesv1 "k8s.io/api/certificates/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+
+	"github.com/nodecsr/nodecsr/approver/csrtest"
+)
+
+// TestCertManagerIssuesTheWebhookCertificate installs the chart, runs
+// cert-manager's own controllers and cainjector so that the chart's
+// Certificates are issued and the CA is injected into the webhook
+// configurations, then runs nodecsr-controller with that certificate and
+// shows the API server calling nodecsr's webhooks over TLS, trusting the
+// injected CA.
+//
+// The Service cannot route to a process on this machine (no kubelet, no
+// kube-proxy), so the serving certificate gets 127.0.0.1 as an extra IP SAN
+// (webhook.certificate.extraIPAddresses) and, after cainjector has
+// injected the CA, the webhook configurations' clientConfig is patched from
+// the Service to https://127.0.0.1:<port>, keeping the injected caBundle.
+func TestCertManagerIssuesTheWebhookCertificate(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	ns := uniqueName("tls")
+	createNamespace(t, ns, nil)
+	fullname := ns + "-nodecsr"
+	install(t, ns, ns, readValues(t, "webhook: {certificate: {extraIPAddresses: [127.0.0.1]}}"), nil)
+	startCertManager(t, ns)
+
+	waitCertificateReady(ctx, t, ns, fullname+"-ca")
+	serving := waitCertificateReady(ctx, t, ns, fullname+"-serving")
+	secret, err := admin.CoreV1().Secrets(ns).Get(ctx, serving.Spec.SecretName, metav1.GetOptions{})
+	if err != nil {
+		t.Fatalf("the serving certificate's Secret: %v", err)
+	}
+	caPEM, certPEM, keyPEM := secret.Data["ca.crt"], secret.Data["tls.crt"], secret.Data["tls.key"]
+	if len(caPEM) == 0 || len(certPEM) == 0 || len(keyPEM) == 0 {
+		t.Fatalf("Secret %s lacks ca.crt, tls.crt or tls.key: %v", secret.Name, keysOf(secret.Data))
+	}
+	leaf := verifyServingCert(t, certPEM, caPEM, []string{fullname + "." + ns + ".svc", fullname + "." + ns + ".svc.cluster.local"})
+	t.Logf("cert-manager issued %s for %v %v, signed by %s", secret.Name, leaf.DNSNames, leaf.IPAddresses, leaf.Issuer.CommonName)
+
+	// cainjector puts the CA into every webhook of both configurations.
+	if err := poll(ctx, time.Minute, func(ctx context.Context) (bool, error) {
+		bundles, err := caBundles(ctx, fullname)
+		if err != nil {
+			return false, err
+		}
+		for _, b := range bundles {
+			if !bytes.Equal(b, caPEM) {
+				return false, nil
+			}
+		}
+		return len(bundles) == 3, nil
+	}); err != nil {
+		t.Fatalf("cainjector did not inject %s's CA into the webhook configurations: %v", serving.Name, err)
+	}
+
+	// nodecsr-controller serves the webhooks on loopback with the issued
+	// certificate, as the chart's ServiceAccount.
+	certDir := t.TempDir()
+	for name, data := range map[string][]byte{"tls.crt": certPEM, "tls.key": keyPEM} {
+		if err := os.WriteFile(filepath.Join(certDir, name), data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	port := freeLoopbackPort(t)
+	r := runInstalledController(t, ns, fullname, fullname, map[string]string{
+		"webhook-cert-dir": certDir,
+		"webhook-host":     "127.0.0.1",
+		"webhook-port":     strconv.Itoa(port),
+	})
+	base := "https://" + net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+	pointWebhooksAt(ctx, t, fullname, base)
+	bundles, err := caBundles(ctx, fullname)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, b := range bundles {
+		if !bytes.Equal(b, caPEM) {
+			t.Fatal("patching the clientConfig lost the injected caBundle")
+		}
+	}
+
+	_, bootstrap := bootstrapClient(ctx, t)
+	csrs := bootstrap.CertificatesV1().CertificateSigningRequests()
+	cleanupCSR := func(name string) {
+		t.Cleanup(func() {
+			_ = admin.CertificatesV1().CertificateSigningRequests().Delete(context.Background(), name, metav1.DeleteOptions{})
+		})
+	}
+
+	// The validating webhook rejects a CSR with a SAN at creation. Until the
+	// webhook server has loaded its certificate and listens, the API server
+	// cannot reach it and admits the CSR (failurePolicy Ignore); those are
+	// removed and the request is repeated.
+	var rejection error
+	attempts := 0
+	if err := poll(ctx, time.Minute, func(ctx context.Context) (bool, error) {
+		attempts++
+		bad := csrtest.Build(csrtest.WithName(uniqueName("tls-bad")), csrtest.WithNodeName(uniqueName("tls-node")), csrtest.WithDNSSAN("evil.example.com"))
+		_, err := csrs.Create(ctx, bad, metav1.CreateOptions{})
+		if err == nil {
+			cleanupCSR(bad.Name)
+			return false, nil
+		}
+		rejection = err
+		return true, nil
+	}); err != nil {
+		t.Fatalf("the API server never called nodecsr's validating webhook at %s: %v", base, err)
+	}
+	want := `admission webhook "validate.csr.nodecsr.io" denied the request: this kubelet client CSR can never be approved: it breaks 1 rule of nodecsr policy`
+	if !apierrors.IsForbidden(rejection) || !strings.Contains(rejection.Error(), want) || !strings.Contains(rejection.Error(), "SANsNotAllowed") {
+		t.Fatalf("creating a CSR with a SAN failed with %v; want a 403 with %q and SANsNotAllowed", rejection, want)
+	}
+	t.Logf("after %d attempt(s) the API server rejected the CSR through nodecsr's webhook over TLS: %v", attempts, rejection)
+
+	// The mutating webhook labels a CSR that may be approved.
+	node := uniqueName("tls-worker")
+	good := csrtest.Build(csrtest.WithName(uniqueName("tls-good")), csrtest.WithNodeName(node))
+	created, err := csrs.Create(ctx, good, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatalf("a valid bootstrap CSR was refused: %v", err)
+	}
+	cleanupCSR(good.Name)
+	if created.Labels["nodecsr.io/node-name"] != node || created.Annotations["nodecsr.io/key-algorithm"] == "" {
+		t.Errorf("the mutating webhook did not label the CSR: labels %v, annotations %v", created.Labels, created.Annotations)
+	}
+	decided := waitDecided(ctx, t, good.Name)
+	if condition(decided, certificatesv1.CertificateApproved) == nil {
+		t.Errorf("the valid CSR was not approved: %+v", decided.Status.Conditions)
+	}
+	if f := r.forbidden.all(); len(f) > 0 {
+		t.Errorf("the API server refused %d of nodecsr-controller's requests with the chart's RBAC:\n%s", len(f), strings.Join(f, "\n"))
+	}
+}
+
+// verifyServingCert checks that certPEM is a server certificate for names
+// and 127.0.0.1 that chains to caPEM.
+func verifyServingCert(t *testing.T, certPEM, caPEM []byte, names []string) *x509.Certificate {
+	t.Helper()
+	block, _ := pem.Decode(certPEM)
+	if block == nil {
+		t.Fatal("tls.crt holds no PEM block")
+	}
+	leaf, err := x509.ParseCertificate(block.Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	roots := x509.NewCertPool()
+	if !roots.AppendCertsFromPEM(caPEM) {
+		t.Fatal("ca.crt holds no certificate")
+	}
+	for _, name := range append(names, "127.0.0.1") {
+		if _, err := leaf.Verify(x509.VerifyOptions{DNSName: name, Roots: roots, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}); err != nil {
+			t.Errorf("the serving certificate does not verify for %s: %v", name, err)
+		}
+	}
+	return leaf
+}
+
+// caBundles returns the caBundle of every webhook in the release's two
+// configurations.
+func caBundles(ctx context.Context, name string) ([][]byte, error) {
+	m, err := admin.AdmissionregistrationV1().MutatingWebhookConfigurations().Get(ctx, name, metav1.GetOptions{})
+	if err != nil {
+		return nil, err
+	}
+	v, err := admin.AdmissionregistrationV1().ValidatingWebhookConfigurations().Get(ctx, name, metav1.GetOptions{})
+	if err != nil {
+		return nil, err
+	}
+	var out [][]byte
+	for _, w := range m.Webhooks {
+		out = append(out, w.ClientConfig.CABundle)
+	}
+	for _, w := range v.Webhooks {
+		out = append(out, w.ClientConfig.CABundle)
+	}
+	return out, nil
+}
+
+// pointWebhooksAt replaces each webhook's Service reference with base+path,
+// leaving the caBundle alone.
+func pointWebhooksAt(ctx context.Context, t *testing.T, name, base string) {
+	t.Helper()
+	patch := func(paths []string) []byte {
+		var ops []map[string]any
+		for i, p := range paths {
+			ops = append(ops,
+				map[string]any{"op": "remove", "path": fmt.Sprintf("/webhooks/%d/clientConfig/service", i)},
+				map[string]any{"op": "add", "path": fmt.Sprintf("/webhooks/%d/clientConfig/url", i), "value": base + p},
+			)
+		}
+		data, err := json.Marshal(ops)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return data
+	}
+	m, err := admin.AdmissionregistrationV1().MutatingWebhookConfigurations().Get(ctx, name, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mPaths []string
+	for _, w := range m.Webhooks {
+		mPaths = append(mPaths, *w.ClientConfig.Service.Path)
+	}
+	if _, err := admin.AdmissionregistrationV1().MutatingWebhookConfigurations().Patch(ctx, name, types.JSONPatchType, patch(mPaths), metav1.PatchOptions{}); err != nil {
+		t.Fatalf("failed to point the mutating webhook at %s: %v", base, err)
+	}
+	v, err := admin.AdmissionregistrationV1().ValidatingWebhookConfigurations().Get(ctx, name, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var vPaths []string
+	for _, w := range v.Webhooks {
+		vPaths = append(vPaths, *w.ClientConfig.Service.Path)
+	}
+	if _, err := admin.AdmissionregistrationV1().ValidatingWebhookConfigurations().Patch(ctx, name, types.JSONPatchType, patch(vPaths), metav1.PatchOptions{}); err != nil {
+		t.Fatalf("failed to point the validating webhooks at %s: %v", base, err)
+	}
+}
+
+func keysOf(m map[string][]byte) []string {
+	var out []string
+	for k := range m {
+		out = append(out, k)
+	}
+	return out
+}
