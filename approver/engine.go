@@ -114,8 +114,8 @@ type Facts struct {
 	Authorized *bool
 	// NodeExists says whether a Node named NodeNameOf(csr) exists.
 	NodeExists *bool
-	// NewerPendingForNode says whether another pending CSR for the same
-	// node name, from the same requester, is newer than this one.
+	// NewerPendingForNode says whether another CSR for the same node name,
+	// from the same requester, pending or approved, is newer than this one.
 	NewerPendingForNode *bool
 	// PendingForNode is the number of other pending CSRs for the same node
 	// name, from the same requester, that are older than this one.
@@ -904,7 +904,7 @@ func (e *evaluation) clusterFacts() {
 			e.missingFact(CheckNewerPendingForNode)
 		case *e.facts.NewerPendingForNode:
 			e.fail(CheckNewerPendingForNode, ReasonSuperseded,
-				fmt.Sprintf("a newer pending CSR for node %s exists; the newest wins (limits.collapseDuplicates)", quote(e.name)))
+				fmt.Sprintf("a newer pending or approved CSR for node %s from the same requester exists; the newest wins (limits.collapseDuplicates)", quote(e.name)))
 		default:
 			e.pass(CheckNewerPendingForNode, "no newer pending CSR for this node")
 		}

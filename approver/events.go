@@ -2,12 +2,15 @@ package approver
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"strings"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	eventsv1 "k8s.io/api/events/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/rand"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -31,6 +34,27 @@ type EventRecorder struct {
 // Event records one Event about obj. eventType is corev1.EventTypeNormal or
 // corev1.EventTypeWarning; reason is a reason code, action what was done.
 func (r *EventRecorder) Event(ctx context.Context, obj client.Object, kind, apiVersion, eventType, reason, action, note string) error {
+	now := time.Now()
+	name := fmt.Sprintf("%s.%x.%s", truncateName(obj.GetName(), 200), now.UnixNano(), rand.String(5))
+	return r.create(ctx, obj, name, now, kind, apiVersion, eventType, reason, action, note)
+}
+
+// Record is Event with a name derived from the object's UID and key, so
+// recording the same key again finds the Event there and creates nothing
+// (created is false). A decision recorded once per CSR this way survives a
+// crash between the decision and its Event: the next leader records it again
+// without doubling it.
+func (r *EventRecorder) Record(ctx context.Context, obj client.Object, key, kind, apiVersion, eventType, reason, action, note string) (created bool, err error) {
+	sum := sha256.Sum256([]byte(string(obj.GetUID()) + "\x00" + obj.GetName() + "\x00" + key))
+	name := truncateName(obj.GetName(), 200) + "." + hex.EncodeToString(sum[:8])
+	err = r.create(ctx, obj, name, time.Now(), kind, apiVersion, eventType, reason, action, note)
+	if apierrors.IsAlreadyExists(err) {
+		return false, nil
+	}
+	return err == nil, err
+}
+
+func (r *EventRecorder) create(ctx context.Context, obj client.Object, name string, now time.Time, kind, apiVersion, eventType, reason, action, note string) error {
 	ns := obj.GetNamespace()
 	if ns == "" {
 		ns = r.Namespace
@@ -42,12 +66,8 @@ func (r *EventRecorder) Event(ctx context.Context, obj client.Object, kind, apiV
 	if len(note) > maxNote {
 		note = note[:maxNote-3] + "..."
 	}
-	now := time.Now()
 	ev := &eventsv1.Event{
-		ObjectMeta: metav1.ObjectMeta{
-			Name:      fmt.Sprintf("%s.%x.%s", truncateName(obj.GetName(), 200), now.UnixNano(), rand.String(5)),
-			Namespace: ns,
-		},
+		ObjectMeta:          metav1.ObjectMeta{Name: name, Namespace: ns},
 		EventTime:           metav1.NewMicroTime(now),
 		ReportingController: Component,
 		ReportingInstance:   r.Instance,
@@ -61,6 +81,9 @@ func (r *EventRecorder) Event(ctx context.Context, obj client.Object, kind, apiV
 		Type: eventType,
 	}
 	if err := r.Client.Create(ctx, ev); err != nil {
+		if apierrors.IsAlreadyExists(err) {
+			return err
+		}
 		return fmt.Errorf("failed to record %s event %s on %s: %w", eventType, reason, obj.GetName(), err)
 	}
 	return nil

@@ -142,8 +142,9 @@ func newerThan(a, b *certificatesv1.CertificateSigningRequest) bool {
 	return a.Name > b.Name
 }
 
-// pendingFacts counts the other pending CSRs for the same node name from the
-// same requester in the cache: whether one is newer, and how many are older.
+// pendingFacts looks at the other CSRs for the same node name from the same
+// requester in the cache: whether a newer one supersedes this one, and how
+// many older ones are pending.
 func pendingFacts(ctx context.Context, r client.Reader, csr *certificatesv1.CertificateSigningRequest, node string) (newer bool, older int, err error) {
 	var list certificatesv1.CertificateSigningRequestList
 	if err := r.List(ctx, &list, client.MatchingFields{IndexNodeRequester: nodeRequesterKey(node, csr.Spec.Username)}); err != nil {
@@ -153,24 +154,46 @@ func pendingFacts(ctx context.Context, r client.Reader, csr *certificatesv1.Cert
 	return newer, older, nil
 }
 
-// PendingAround looks through others for pending CSRs for the same node name
-// from the same requester as csr: whether one is newer, and how many are older.
+// PendingAround looks through others for CSRs for the same node name from the
+// same requester as csr. newer: one that is newer and pending or approved
+// supersedes csr (once the newest of a burst is approved, an older duplicate
+// decided later must not be approved as well). older: how many older ones
+// are still pending.
 func PendingAround(csr *certificatesv1.CertificateSigningRequest, node string, others []certificatesv1.CertificateSigningRequest) (newer bool, older int) {
 	for i := range others {
 		other := &others[i]
-		if other.Name == csr.Name || other.Spec.Username != csr.Spec.Username || !IsPending(other) {
+		if other.Name == csr.Name || other.Spec.Username != csr.Spec.Username {
 			continue
+		}
+		pending := IsPending(other)
+		if !pending && !isApproved(other) {
+			continue // denied or failed: it supersedes nothing
 		}
 		if name, ok := NodeNameOf(other); !ok || name != node {
 			continue
 		}
-		if newerThan(other, csr) {
+		switch {
+		case newerThan(other, csr):
 			newer = true
-		} else {
+		case pending:
 			older++
 		}
 	}
 	return newer, older
+}
+
+// isApproved reports whether a CSR was approved and neither denied nor failed.
+func isApproved(csr *certificatesv1.CertificateSigningRequest) bool {
+	approved := false
+	for _, c := range csr.Status.Conditions {
+		switch c.Type {
+		case certificatesv1.CertificateApproved:
+			approved = true
+		case certificatesv1.CertificateDenied, certificatesv1.CertificateFailed:
+			return false
+		}
+	}
+	return approved
 }
 
 // requesterLimiter keeps one token bucket per bootstrap requester. Buckets

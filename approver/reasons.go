@@ -95,7 +95,7 @@ const (
 	// ReasonNodeNotFound: a renewal for a node whose Node object does not
 	// exist while renewal.requireNodeExists is on.
 	ReasonNodeNotFound = "NodeNotFound"
-	// ReasonSuperseded: a newer pending CSR for the same node exists and
+	// ReasonSuperseded: a newer pending or approved CSR for the same node from the same requester exists and
 	// limits.collapseDuplicates is on; the newest wins.
 	ReasonSuperseded = "Superseded"
 	// ReasonTooManyPending: limits.maxPendingPerNode older CSRs for the same

@@ -22,6 +22,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/event"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/log"
+	"sigs.k8s.io/controller-runtime/pkg/manager"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 	"sigs.k8s.io/controller-runtime/pkg/source"
@@ -109,6 +110,17 @@ func (r *Reconciler) SetupWithManager(ctx context.Context, mgr ctrl.Manager, wor
 	nodeLifecycle := predicate.Funcs{
 		UpdateFunc:  func(event.UpdateEvent) bool { return false },
 		GenericFunc: func(event.GenericEvent) bool { return false },
+	}
+	// A new leader first records the decision Events its predecessor may
+	// have died before writing (leader-elected runnable).
+	err := mgr.Add(manager.RunnableFunc(func(ctx context.Context) error {
+		if !mgr.GetCache().WaitForCacheSync(ctx) {
+			return nil // stopping
+		}
+		return r.repairDecisionEvents(ctx)
+	}))
+	if err != nil {
+		return err
 	}
 	return ctrl.NewControllerManagedBy(mgr).
 		Named("nodecsr-approver").
@@ -276,9 +288,9 @@ func (r *Reconciler) record(ctx context.Context, policy *config.Policy, csr *cer
 		return reconcile.Result{}, nil
 	}
 
-	condType, eventType, action := certificatesv1.CertificateApproved, corev1.EventTypeNormal, "Approved"
+	condType := certificatesv1.CertificateApproved
 	if d.Verdict == Deny {
-		condType, eventType, action = certificatesv1.CertificateDenied, corev1.EventTypeWarning, "Denied"
+		condType = certificatesv1.CertificateDenied
 	}
 	now := r.Clock.Now()
 	csr.Status.Conditions = append(csr.Status.Conditions, certificatesv1.CertificateSigningRequestCondition{
@@ -301,11 +313,23 @@ func (r *Reconciler) record(ctx context.Context, policy *config.Policy, csr *cer
 	r.Metrics.Decisions.WithLabelValues(string(d.Verdict), d.Reason, string(d.Path)).Inc()
 	r.Metrics.DecisionLatency.WithLabelValues(string(d.Verdict)).Observe(now.Sub(csr.CreationTimestamp.Time).Seconds())
 	l.Info("Decided CSR", "decision", d.Verdict, "reason", d.Reason, "path", d.Path, "node", d.NodeName, "message", d.Message)
-	if err := r.Events.Event(ctx, csr, "CertificateSigningRequest", certificatesv1.SchemeGroupVersion.String(), eventType, d.Reason, action, d.Message); err != nil {
+	if err := r.recordDecision(ctx, csr, condType, d.Reason, d.Message); err != nil {
 		r.Metrics.EventErrors.Inc()
 		l.Error(err, "Failed to record the decision Event")
 	}
 	return reconcile.Result{}, nil
+}
+
+// decisionEventKey names the one decision Event of a CSR (EventRecorder.Record).
+const decisionEventKey = "decision"
+
+func (r *Reconciler) recordDecision(ctx context.Context, csr *certificatesv1.CertificateSigningRequest, condType certificatesv1.RequestConditionType, reason, message string) error {
+	eventType, action := corev1.EventTypeNormal, "Approved"
+	if condType == certificatesv1.CertificateDenied {
+		eventType, action = corev1.EventTypeWarning, "Denied"
+	}
+	_, err := r.Events.Record(ctx, csr, decisionEventKey, "CertificateSigningRequest", certificatesv1.SchemeGroupVersion.String(), eventType, reason, action, message)
+	return err
 }
 
 // conflict handles a write that lost a race: if someone else decided the CSR
@@ -328,8 +352,8 @@ func (r *Reconciler) conflict(ctx context.Context, name string) (reconcile.Resul
 // The same verdict and reason under the same policy is reported once per
 // CSR, however often the CSR is re-examined.
 func (r *Reconciler) report(ctx context.Context, policy *config.Policy, csr *certificatesv1.CertificateSigningRequest, d Decision, label, action string) {
-	key := string(csr.UID) + "/" + label + "/" + d.Reason + "/" + policy.Digest()
-	if !r.reported.add(key) {
+	key := label + "/" + d.Reason + "/" + policy.Digest()
+	if !r.reported.add(string(csr.UID) + "/" + key) {
 		return
 	}
 	r.Metrics.Decisions.WithLabelValues(label, d.Reason, string(d.Path)).Inc()
@@ -339,7 +363,8 @@ func (r *Reconciler) report(ctx context.Context, policy *config.Policy, csr *cer
 		eventType = corev1.EventTypeWarning
 	}
 	note := fmt.Sprintf("%s (%s): %s", label, policy.EffectiveMode(), d.Message)
-	if err := r.Events.Event(ctx, csr, "CertificateSigningRequest", certificatesv1.SchemeGroupVersion.String(), eventType, d.Reason, action, note); err != nil {
+	// The same report after a restart finds its Event and adds none.
+	if _, err := r.Events.Record(ctx, csr, key, "CertificateSigningRequest", certificatesv1.SchemeGroupVersion.String(), eventType, d.Reason, action, note); err != nil {
 		r.Metrics.EventErrors.Inc()
 		log.FromContext(ctx).Error(err, "Failed to record the decision Event")
 	}

@@ -12,6 +12,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	eventsv1 "k8s.io/api/events/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
@@ -266,6 +267,18 @@ func TestPendingAroundCountsOnlyTheSameRequester(t *testing.T) {
 	if newer || older != 1 {
 		t.Fatalf("newer=%v older=%d, want false 1", newer, older)
 	}
+	// A newer duplicate that was already approved supersedes this one too; a
+	// newer denied one does not.
+	approvedNewer := *csrtest.Build(csrtest.WithName("approved-newer"), csrtest.WithCreationTimestamp(t0.Add(time.Second)),
+		csrtest.WithCondition(certificatesv1.CertificateApproved))
+	if newer, _ := PendingAround(me, "worker-1", append(others, approvedNewer)); !newer {
+		t.Fatal("an approved newer duplicate does not supersede")
+	}
+	deniedNewer := *csrtest.Build(csrtest.WithName("denied-newer"), csrtest.WithCreationTimestamp(t0.Add(time.Second)),
+		csrtest.WithCondition(certificatesv1.CertificateDenied))
+	if newer, _ := PendingAround(me, "worker-1", append(others, deniedNewer)); newer {
+		t.Fatal("a denied newer duplicate supersedes")
+	}
 	// Same second: the name breaks the tie.
 	sameSecond := *csrtest.Build(csrtest.WithName("zz"), csrtest.WithCreationTimestamp(t0))
 	if newer, _ := PendingAround(me, "worker-1", append(others, sameSecond)); !newer {
@@ -306,5 +319,39 @@ func TestEventNamesAreValid(t *testing.T) {
 		if got := truncateName(in, 200); got != want {
 			t.Errorf("truncateName(%q) = %q, want %q", in, got, want)
 		}
+	}
+}
+
+func TestRepairRecordsMissingDecisionEventsOnce(t *testing.T) {
+	now := time.Date(2026, 11, 29, 12, 0, 0, 0, time.UTC)
+	decided := func(name, reason string, at time.Time) *certificatesv1.CertificateSigningRequest {
+		csr := csrtest.Build(csrtest.WithName(name))
+		csr.Status.Conditions = []certificatesv1.CertificateSigningRequestCondition{{
+			Type: certificatesv1.CertificateApproved, Status: corev1.ConditionTrue, Reason: reason, Message: "m",
+			LastUpdateTime: metav1.NewTime(at),
+		}}
+		return csr
+	}
+	// Decided by nodecsr just before its leader died, Event missing.
+	lost := decided("lost", ReasonRenewalApproved, now.Add(-10*time.Second))
+	// Decided long ago (outside the window), and decided by someone else.
+	old := decided("old", ReasonRenewalApproved, now.Add(-time.Hour))
+	byHand := decided("by-hand", "ByHand", now.Add(-10*time.Second))
+	pending := csrtest.Build(csrtest.WithName("pending"))
+	h := newHarness(t, "", interceptor.Funcs{}, lost, old, byHand, pending)
+
+	// The normal path and the repair agree on the Event's name.
+	h.reconcile(t, "pending")
+	for range 2 {
+		if err := h.r.repairDecisionEvents(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	byCSR := map[string]int{}
+	for _, ev := range h.events(t) {
+		byCSR[ev.Regarding.Name]++
+	}
+	if byCSR["lost"] != 1 || byCSR["pending"] != 1 || byCSR["old"] != 0 || byCSR["by-hand"] != 0 {
+		t.Fatalf("decision Events per CSR: %v", byCSR)
 	}
 }

@@ -5,11 +5,13 @@ import (
 	"fmt"
 	"time"
 
+	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	bootstrapapi "k8s.io/cluster-bootstrap/token/api"
 	bootstraputil "k8s.io/cluster-bootstrap/token/util"
@@ -66,6 +68,16 @@ func (c *Cluster) CreateBootstrapToken(ctx context.Context, ttl time.Duration) (
 	})
 	if err != nil {
 		return BootstrapToken{}, fmt.Errorf("failed to create bootstrap token secret: %w", err)
+	}
+	// The API server's token authenticator reads Secrets through an informer:
+	// wait until it knows the new token.
+	tokClient := kubernetes.NewForConfigOrDie(c.BootstrapConfig(tok))
+	err = wait.PollUntilContextTimeout(ctx, 50*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
+		_, err := tokClient.AuthenticationV1().SelfSubjectReviews().Create(ctx, &authenticationv1.SelfSubjectReview{}, metav1.CreateOptions{})
+		return err == nil, nil
+	})
+	if err != nil {
+		return BootstrapToken{}, fmt.Errorf("bootstrap token %s does not authenticate: %w", tok.ID, err)
 	}
 	return tok, nil
 }

@@ -55,7 +55,9 @@ func (e usageError) Unwrap() error { return e.error }
 func Main(args []string) int {
 	cmd := NewCommand(os.Stdout, os.Stderr)
 	cmd.SetArgs(args)
-	err := cmd.Execute()
+	// SIGTERM and SIGINT cancel the context: in-flight decisions finish and
+	// the leader Lease is released, so the next leader starts at once.
+	err := cmd.ExecuteContext(ctrl.SetupSignalHandler())
 	switch {
 	case err == nil:
 		return exitOK
