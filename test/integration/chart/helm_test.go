@@ -7,28 +7,26 @@ import (
 	"strings"
 	"sync"
 	"testing"
-	"time"
 
 	"helm.sh/helm/v3/pkg/action"
 	"helm.sh/helm/v3/pkg/chart"
-	"helm.sh/helm/v3/pkg/chart/loader"
 	"helm.sh/helm/v3/pkg/chartutil"
 	"helm.sh/helm/v3/pkg/release"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
-	"k8s.io/cli-runtime/pkg/genericclioptions"
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/nodecsr/nodecsr/test/cluster"
+	"github.com/nodecsr/nodecsr/test/env"
 )
 
-func chartDir(t testing.TB) string { return filepath.Join(repoRoot(t), "charts", "nodecsr") }
+func chartDir(t testing.TB) string { return env.ChartDir(repoRoot(t)) }
 
 func loadChart(t testing.TB) *chart.Chart {
 	t.Helper()
-	ch, err := loader.Load(chartDir(t))
+	ch, err := env.LoadChart(repoRoot(t))
 	if err != nil {
-		t.Fatalf("failed to load the chart: %v", err)
+		t.Fatal(err)
 	}
 	return ch
 }
@@ -106,47 +104,21 @@ func (w *warnings) all() []string {
 	return append([]string(nil), w.list...)
 }
 
-// helmConfig is Helm's action configuration for namespace, talking to the
-// test API server as the admin through a kubeconfig file (as the helm CLI
-// does), with Secrets as the release storage.
-func helmConfig(t testing.TB, namespace string, w *warnings) *action.Configuration {
-	t.Helper()
-	kubeconfig := tc.AdminKubeconfig()
-	flags := genericclioptions.NewConfigFlags(false)
-	flags.KubeConfig = &kubeconfig
-	flags.Namespace = &namespace
-	flags.WrapConfigFn = func(c *rest.Config) *rest.Config {
-		if w != nil {
-			c.WarningHandler = w
-		}
-		return c
-	}
-	cfg := new(action.Configuration)
-	if err := cfg.Init(flags, namespace, "secret", func(string, ...any) {}); err != nil {
-		t.Fatalf("failed to initialise Helm: %v", err)
-	}
-	return cfg
-}
-
 // install installs the chart as releaseName into namespace (which must
-// exist) and uninstalls it when the test ends.
+// exist) as the admin and uninstalls it when the test ends.
 func install(t *testing.T, releaseName, namespace string, vals map[string]any, w *warnings) *release.Release {
 	t.Helper()
-	cfg := helmConfig(t, namespace, w)
-	inst := action.NewInstall(cfg)
-	inst.ReleaseName, inst.Namespace = releaseName, namespace
-	inst.Timeout = 2 * time.Minute
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	rel, err := inst.RunWithContext(ctx, loadChart(t), vals)
+	var warn rest.WarningHandler
+	if w != nil {
+		warn = w
+	}
+	rel, uninstall, err := env.HelmInstall(tc.AdminKubeconfig(), loadChart(t), releaseName, namespace, vals, warn)
 	if err != nil {
-		t.Fatalf("helm install %s: %v", releaseName, err)
+		t.Fatal(err)
 	}
 	t.Cleanup(func() {
-		un := action.NewUninstall(helmConfig(t, namespace, nil))
-		un.Timeout = time.Minute
-		if _, err := un.Run(releaseName); err != nil {
-			t.Errorf("helm uninstall %s: %v", releaseName, err)
+		if err := uninstall(); err != nil {
+			t.Error(err)
 		}
 	})
 	return rel

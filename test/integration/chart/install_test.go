@@ -2,11 +2,9 @@ package chart_test
 
 import (
 	"context"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -27,6 +25,7 @@ import (
 	"github.com/nodecsr/nodecsr/approver/csrtest"
 	"github.com/nodecsr/nodecsr/cmd/nodecsr-controller/app"
 	"github.com/nodecsr/nodecsr/test/cluster"
+	"github.com/nodecsr/nodecsr/test/env"
 )
 
 // TestInstallIntoRealAPIServer installs the chart with Helm's SDK, once with
@@ -99,15 +98,6 @@ func TestInstallIntoRealAPIServer(t *testing.T) {
 				}
 			}
 		})
-	}
-}
-
-// chartSA is the ServiceAccount identity of a release: user and groups as
-// the API server authenticates its token.
-func chartSA(ns, name string) rest.ImpersonationConfig {
-	return rest.ImpersonationConfig{
-		UserName: "system:serviceaccount:" + ns + ":" + name,
-		Groups:   []string{"system:serviceaccounts", "system:serviceaccounts:" + ns, "system:authenticated"},
 	}
 }
 
@@ -187,7 +177,7 @@ func runInstalledController(t *testing.T, ns, fullname, sa string, set map[strin
 
 	rec := &forbiddenRecorder{}
 	cfg := tc.AdminConfig()
-	cfg.Impersonate = chartSA(ns, sa)
+	cfg.Impersonate = env.ServiceAccount(ns, sa)
 	cfg.QPS, cfg.Burst = o.KubeAPIQPS, o.KubeAPIBurst
 	cfg.WrapTransport = rec.wrap
 
@@ -324,7 +314,7 @@ func TestChartRBACIsEnoughAndNoMore(t *testing.T) {
 	}
 
 	// And what the ServiceAccount may not do.
-	id := chartSA(ns, sa)
+	id := env.ServiceAccount(ns, sa)
 	res := func(group, resource, sub, verb, name, namespace string) *authorizationv1.ResourceAttributes {
 		return &authorizationv1.ResourceAttributes{Group: group, Resource: resource, Subresource: sub, Verb: verb, Name: name, Namespace: namespace}
 	}
@@ -390,41 +380,25 @@ func sar(ctx context.Context, t *testing.T, id rest.ImpersonationConfig, attrs *
 // waitDecided waits until the CSR has an Approved or Denied condition.
 func waitDecided(ctx context.Context, t *testing.T, name string) *certificatesv1.CertificateSigningRequest {
 	t.Helper()
-	var csr *certificatesv1.CertificateSigningRequest
-	err := poll(ctx, time.Minute, func(ctx context.Context) (bool, error) {
-		var err error
-		csr, err = admin.CertificatesV1().CertificateSigningRequests().Get(ctx, name, metav1.GetOptions{})
-		if err != nil {
-			return false, err
-		}
-		return condition(csr, certificatesv1.CertificateApproved) != nil || condition(csr, certificatesv1.CertificateDenied) != nil, nil
-	})
+	csr, err := env.WaitDecided(ctx, admin, name, time.Minute)
 	if err != nil {
-		t.Fatalf("CSR %s was not decided: %v (conditions %+v)", name, err, csr.Status.Conditions)
+		t.Fatal(err)
 	}
 	return csr
 }
 
 func condition(csr *certificatesv1.CertificateSigningRequest, typ certificatesv1.RequestConditionType) *certificatesv1.CertificateSigningRequestCondition {
-	for i := range csr.Status.Conditions {
-		if csr.Status.Conditions[i].Type == typ && csr.Status.Conditions[i].Status == corev1.ConditionTrue {
-			return &csr.Status.Conditions[i]
-		}
-	}
-	return nil
+	return env.Condition(csr, typ)
 }
 
 // freeLoopbackPort returns a port free on 127.0.0.1 now.
 func freeLoopbackPort(t *testing.T) int {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	port, err := env.FreeLoopbackPort()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer func() { _ = l.Close() }()
-	_, port, _ := net.SplitHostPort(l.Addr().String())
-	n, _ := strconv.Atoi(port)
-	return n
+	return port
 }
 
 func ptrString(p *string) string {

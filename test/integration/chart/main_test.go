@@ -9,14 +9,10 @@
 package chart_test
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"io"
 	"os"
-	"os/exec"
-	"path/filepath"
-	"sort"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -25,7 +21,6 @@ import (
 	"go.uber.org/zap/zapcore"
 	corev1 "k8s.io/api/core/v1"
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -36,14 +31,12 @@ import (
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
-	"sigs.k8s.io/yaml"
 
 	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
 
 	"github.com/nodecsr/nodecsr/test/cluster"
+	"github.com/nodecsr/nodecsr/test/env"
 )
-
-const certManagerVersion = "v1.21.2"
 
 var (
 	tc      *cluster.Cluster
@@ -72,7 +65,7 @@ func TestMain(m *testing.M) {
 		// The CRDs first, long before any test creates a custom resource:
 		// the API server delays the first create of a custom resource that
 		// comes within seconds of its CRD becoming Established.
-		if err := installCertManagerCRDs(ctx); err != nil {
+		if err := env.InstallCertManagerCRDs(ctx, kclient); err != nil {
 			return err
 		}
 		return c.ApplyKubeadmRBAC(ctx)
@@ -92,74 +85,6 @@ func repoRoot(t testing.TB) string {
 		t.Fatal(err)
 	}
 	return root
-}
-
-// certManagerCRDDir is deploy/crds of the cert-manager module in the module
-// cache (the version go.mod requires).
-func certManagerCRDDir() (string, error) {
-	modcache := os.Getenv("GOMODCACHE")
-	if modcache == "" {
-		out, err := goEnv("GOMODCACHE")
-		if err != nil {
-			return "", err
-		}
-		modcache = out
-	}
-	dir := filepath.Join(modcache, "github.com", "cert-manager", "cert-manager@"+certManagerVersion, "deploy", "crds")
-	if _, err := os.Stat(dir); err != nil {
-		return "", fmt.Errorf("cert-manager's CRDs are not in the module cache (run go mod download github.com/cert-manager/cert-manager): %w", err)
-	}
-	return dir, nil
-}
-
-// installCertManagerCRDs creates the cert-manager.io CRDs (the ACME ones are
-// not needed) and waits until they are Established.
-func installCertManagerCRDs(ctx context.Context) error {
-	dir, err := certManagerCRDDir()
-	if err != nil {
-		return err
-	}
-	files, err := filepath.Glob(filepath.Join(dir, "cert-manager.io_*.yaml"))
-	if err != nil {
-		return err
-	}
-	if len(files) == 0 {
-		return fmt.Errorf("no cert-manager.io CRDs in %s", dir)
-	}
-	sort.Strings(files)
-	var names []string
-	for _, f := range files {
-		data, err := os.ReadFile(f)
-		if err != nil {
-			return err
-		}
-		crd := &apiextensionsv1.CustomResourceDefinition{}
-		if err := yaml.UnmarshalStrict(bytes.TrimPrefix(data, []byte("---\n")), crd); err != nil {
-			return fmt.Errorf("failed to decode %s: %w", f, err)
-		}
-		if err := kclient.Create(ctx, crd); err != nil && !apierrors.IsAlreadyExists(err) {
-			return fmt.Errorf("failed to create CRD %s: %w", crd.Name, err)
-		}
-		names = append(names, crd.Name)
-	}
-	return wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
-		for _, name := range names {
-			crd := &apiextensionsv1.CustomResourceDefinition{}
-			if err := kclient.Get(ctx, client.ObjectKey{Name: name}, crd); err != nil {
-				return false, err
-			}
-			established := false
-			for _, c := range crd.Status.Conditions {
-				if c.Type == apiextensionsv1.Established && c.Status == apiextensionsv1.ConditionTrue {
-					established = true
-				}
-			}
-			if !established {
-				return false, nil
-			}
-		}
-		return true, nil
-	})
 }
 
 // decodeManifests splits a multi-document manifest into objects.
@@ -238,12 +163,4 @@ func createNamespace(t *testing.T, name string, labels map[string]string) {
 	t.Cleanup(func() {
 		_ = admin.CoreV1().Namespaces().Delete(context.Background(), name, metav1.DeleteOptions{})
 	})
-}
-
-func goEnv(name string) (string, error) {
-	out, err := exec.Command("go", "env", name).Output()
-	if err != nil {
-		return "", fmt.Errorf("go env %s: %w", name, err)
-	}
-	return strings.TrimSpace(string(out)), nil
 }

@@ -4,12 +4,8 @@ import (
 	"bytes"
 	"context"
 	"crypto/x509"
-	"encoding/json"
 	"encoding/pem"
-	"fmt"
 	"net"
-	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -18,9 +14,9 @@ import (
 	certificatesv1 "k8s.io/api/certificates/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/nodecsr/nodecsr/approver/csrtest"
+	"github.com/nodecsr/nodecsr/test/env"
 )
 
 // TestCertManagerIssuesTheWebhookCertificate installs the chart, runs
@@ -58,28 +54,15 @@ func TestCertManagerIssuesTheWebhookCertificate(t *testing.T) {
 	t.Logf("cert-manager issued %s for %v %v, signed by %s", secret.Name, leaf.DNSNames, leaf.IPAddresses, leaf.Issuer.CommonName)
 
 	// cainjector puts the CA into every webhook of both configurations.
-	if err := poll(ctx, time.Minute, func(ctx context.Context) (bool, error) {
-		bundles, err := caBundles(ctx, fullname)
-		if err != nil {
-			return false, err
-		}
-		for _, b := range bundles {
-			if !bytes.Equal(b, caPEM) {
-				return false, nil
-			}
-		}
-		return len(bundles) == 3, nil
-	}); err != nil {
+	if err := env.WaitCABundles(ctx, admin, fullname, caPEM, 3, time.Minute); err != nil {
 		t.Fatalf("cainjector did not inject %s's CA into the webhook configurations: %v", serving.Name, err)
 	}
 
 	// nodecsr-controller serves the webhooks on loopback with the issued
 	// certificate, as the chart's ServiceAccount.
 	certDir := t.TempDir()
-	for name, data := range map[string][]byte{"tls.crt": certPEM, "tls.key": keyPEM} {
-		if err := os.WriteFile(filepath.Join(certDir, name), data, 0o600); err != nil {
-			t.Fatal(err)
-		}
+	if err := env.WriteTLSDir(certDir, certPEM, keyPEM); err != nil {
+		t.Fatal(err)
 	}
 	port := freeLoopbackPort(t)
 	r := runInstalledController(t, ns, fullname, fullname, map[string]string{
@@ -88,8 +71,10 @@ func TestCertManagerIssuesTheWebhookCertificate(t *testing.T) {
 		"webhook-port":     strconv.Itoa(port),
 	})
 	base := "https://" + net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
-	pointWebhooksAt(ctx, t, fullname, base)
-	bundles, err := caBundles(ctx, fullname)
+	if err := env.PointWebhooksAt(ctx, admin, fullname, base); err != nil {
+		t.Fatal(err)
+	}
+	bundles, err := env.CABundles(ctx, admin, fullname)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -174,69 +159,6 @@ func verifyServingCert(t *testing.T, certPEM, caPEM []byte, names []string) *x50
 		}
 	}
 	return leaf
-}
-
-// caBundles returns the caBundle of every webhook in the release's two
-// configurations.
-func caBundles(ctx context.Context, name string) ([][]byte, error) {
-	m, err := admin.AdmissionregistrationV1().MutatingWebhookConfigurations().Get(ctx, name, metav1.GetOptions{})
-	if err != nil {
-		return nil, err
-	}
-	v, err := admin.AdmissionregistrationV1().ValidatingWebhookConfigurations().Get(ctx, name, metav1.GetOptions{})
-	if err != nil {
-		return nil, err
-	}
-	var out [][]byte
-	for _, w := range m.Webhooks {
-		out = append(out, w.ClientConfig.CABundle)
-	}
-	for _, w := range v.Webhooks {
-		out = append(out, w.ClientConfig.CABundle)
-	}
-	return out, nil
-}
-
-// pointWebhooksAt replaces each webhook's Service reference with base+path,
-// leaving the caBundle alone.
-func pointWebhooksAt(ctx context.Context, t *testing.T, name, base string) {
-	t.Helper()
-	patch := func(paths []string) []byte {
-		var ops []map[string]any
-		for i, p := range paths {
-			ops = append(ops,
-				map[string]any{"op": "remove", "path": fmt.Sprintf("/webhooks/%d/clientConfig/service", i)},
-				map[string]any{"op": "add", "path": fmt.Sprintf("/webhooks/%d/clientConfig/url", i), "value": base + p},
-			)
-		}
-		data, err := json.Marshal(ops)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return data
-	}
-	m, err := admin.AdmissionregistrationV1().MutatingWebhookConfigurations().Get(ctx, name, metav1.GetOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var mPaths []string
-	for _, w := range m.Webhooks {
-		mPaths = append(mPaths, *w.ClientConfig.Service.Path)
-	}
-	if _, err := admin.AdmissionregistrationV1().MutatingWebhookConfigurations().Patch(ctx, name, types.JSONPatchType, patch(mPaths), metav1.PatchOptions{}); err != nil {
-		t.Fatalf("failed to point the mutating webhook at %s: %v", base, err)
-	}
-	v, err := admin.AdmissionregistrationV1().ValidatingWebhookConfigurations().Get(ctx, name, metav1.GetOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var vPaths []string
-	for _, w := range v.Webhooks {
-		vPaths = append(vPaths, *w.ClientConfig.Service.Path)
-	}
-	if _, err := admin.AdmissionregistrationV1().ValidatingWebhookConfigurations().Patch(ctx, name, types.JSONPatchType, patch(vPaths), metav1.PatchOptions{}); err != nil {
-		t.Fatalf("failed to point the validating webhooks at %s: %v", base, err)
-	}
 }
 
 func keysOf(m map[string][]byte) []string {

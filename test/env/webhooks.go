@@ -1,0 +1,189 @@
+package env
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"time"
+
+	certificatesv1 "k8s.io/api/certificates/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+)
+
+// ServiceAccount is the identity of the ServiceAccount name in namespace ns:
+// user and groups as the API server authenticates its token, for
+// impersonation.
+func ServiceAccount(ns, name string) rest.ImpersonationConfig {
+	return rest.ImpersonationConfig{
+		UserName: "system:serviceaccount:" + ns + ":" + name,
+		Groups:   []string{"system:serviceaccounts", "system:serviceaccounts:" + ns, "system:authenticated"},
+	}
+}
+
+// CABundles returns the caBundle of every webhook in the mutating and the
+// validating webhook configuration called name.
+func CABundles(ctx context.Context, cs kubernetes.Interface, name string) ([][]byte, error) {
+	m, err := cs.AdmissionregistrationV1().MutatingWebhookConfigurations().Get(ctx, name, metav1.GetOptions{})
+	if err != nil {
+		return nil, err
+	}
+	v, err := cs.AdmissionregistrationV1().ValidatingWebhookConfigurations().Get(ctx, name, metav1.GetOptions{})
+	if err != nil {
+		return nil, err
+	}
+	var out [][]byte
+	for _, w := range m.Webhooks {
+		out = append(out, w.ClientConfig.CABundle)
+	}
+	for _, w := range v.Webhooks {
+		out = append(out, w.ClientConfig.CABundle)
+	}
+	return out, nil
+}
+
+// WaitCABundles waits up to timeout until the configurations called name hold
+// exactly want webhooks, each with caPEM as its caBundle (cainjector's work).
+func WaitCABundles(ctx context.Context, cs kubernetes.Interface, name string, caPEM []byte, want int, timeout time.Duration) error {
+	var last [][]byte
+	err := wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, timeout, true, func(ctx context.Context) (bool, error) {
+		bundles, err := CABundles(ctx, cs, name)
+		if err != nil {
+			return false, err
+		}
+		last = bundles
+		for _, b := range bundles {
+			if !bytes.Equal(b, caPEM) {
+				return false, nil
+			}
+		}
+		return len(bundles) == want, nil
+	})
+	if err != nil {
+		return fmt.Errorf("the CA was not injected into the %d webhooks of %s (%d webhooks seen): %w", want, name, len(last), err)
+	}
+	return nil
+}
+
+// PointWebhooksAt replaces each webhook's Service reference in the
+// configurations called name with the URL base+<the Service path>, leaving
+// the caBundle alone: the API server then calls a webhook server on this
+// machine (no kube-proxy routes to a Service here).
+func PointWebhooksAt(ctx context.Context, cs kubernetes.Interface, name, base string) error {
+	patch := func(paths []string) ([]byte, error) {
+		var ops []map[string]any
+		for i, p := range paths {
+			ops = append(ops,
+				map[string]any{"op": "remove", "path": fmt.Sprintf("/webhooks/%d/clientConfig/service", i)},
+				map[string]any{"op": "add", "path": fmt.Sprintf("/webhooks/%d/clientConfig/url", i), "value": base + p},
+			)
+		}
+		return json.Marshal(ops)
+	}
+	m, err := cs.AdmissionregistrationV1().MutatingWebhookConfigurations().Get(ctx, name, metav1.GetOptions{})
+	if err != nil {
+		return err
+	}
+	var mPaths []string
+	for _, w := range m.Webhooks {
+		if w.ClientConfig.Service == nil || w.ClientConfig.Service.Path == nil {
+			return fmt.Errorf("mutating webhook %s has no Service path", w.Name)
+		}
+		mPaths = append(mPaths, *w.ClientConfig.Service.Path)
+	}
+	data, err := patch(mPaths)
+	if err != nil {
+		return err
+	}
+	if _, err := cs.AdmissionregistrationV1().MutatingWebhookConfigurations().Patch(ctx, name, types.JSONPatchType, data, metav1.PatchOptions{}); err != nil {
+		return fmt.Errorf("failed to point the mutating webhook at %s: %w", base, err)
+	}
+	v, err := cs.AdmissionregistrationV1().ValidatingWebhookConfigurations().Get(ctx, name, metav1.GetOptions{})
+	if err != nil {
+		return err
+	}
+	var vPaths []string
+	for _, w := range v.Webhooks {
+		if w.ClientConfig.Service == nil || w.ClientConfig.Service.Path == nil {
+			return fmt.Errorf("validating webhook %s has no Service path", w.Name)
+		}
+		vPaths = append(vPaths, *w.ClientConfig.Service.Path)
+	}
+	if data, err = patch(vPaths); err != nil {
+		return err
+	}
+	if _, err := cs.AdmissionregistrationV1().ValidatingWebhookConfigurations().Patch(ctx, name, types.JSONPatchType, data, metav1.PatchOptions{}); err != nil {
+		return fmt.Errorf("failed to point the validating webhooks at %s: %w", base, err)
+	}
+	return nil
+}
+
+// WriteTLSDir writes certPEM and keyPEM as tls.crt and tls.key into dir, the
+// layout of a mounted kubernetes.io/tls Secret (--webhook-cert-dir).
+func WriteTLSDir(dir string, certPEM, keyPEM []byte) error {
+	for name, data := range map[string][]byte{"tls.crt": certPEM, "tls.key": keyPEM} {
+		if err := os.WriteFile(filepath.Join(dir, name), data, 0o600); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// FreeLoopbackPort returns a port free on 127.0.0.1 now.
+func FreeLoopbackPort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer func() { _ = l.Close() }()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+// Condition returns the CSR's condition of type typ with status True, or nil.
+func Condition(csr *certificatesv1.CertificateSigningRequest, typ certificatesv1.RequestConditionType) *certificatesv1.CertificateSigningRequestCondition {
+	for i := range csr.Status.Conditions {
+		if csr.Status.Conditions[i].Type == typ && csr.Status.Conditions[i].Status == corev1.ConditionTrue {
+			return &csr.Status.Conditions[i]
+		}
+	}
+	return nil
+}
+
+// Decision is the CSR's Approved or Denied condition, or nil while it is
+// pending.
+func Decision(csr *certificatesv1.CertificateSigningRequest) *certificatesv1.CertificateSigningRequestCondition {
+	if c := Condition(csr, certificatesv1.CertificateApproved); c != nil {
+		return c
+	}
+	return Condition(csr, certificatesv1.CertificateDenied)
+}
+
+// WaitDecided waits up to timeout until the CSR called name has an Approved
+// or Denied condition and returns it.
+func WaitDecided(ctx context.Context, cs kubernetes.Interface, name string, timeout time.Duration) (*certificatesv1.CertificateSigningRequest, error) {
+	var csr *certificatesv1.CertificateSigningRequest
+	err := wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, timeout, true, func(ctx context.Context) (bool, error) {
+		var err error
+		csr, err = cs.CertificatesV1().CertificateSigningRequests().Get(ctx, name, metav1.GetOptions{})
+		if err != nil {
+			return false, err
+		}
+		return Decision(csr) != nil, nil
+	})
+	if err != nil {
+		var conds []certificatesv1.CertificateSigningRequestCondition
+		if csr != nil {
+			conds = csr.Status.Conditions
+		}
+		return csr, fmt.Errorf("CSR %s was not decided: %w (conditions %+v)", name, err, conds)
+	}
+	return csr, nil
+}
