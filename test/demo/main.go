@@ -80,20 +80,14 @@ func run(ctx context.Context, keep bool, nodes int) (err error) {
 	d := &demo{out: os.Stdout}
 	step := func(format string, args ...any) { fmt.Fprintf(d.out, "· "+format+"\n", args...) }
 
-	root, err := cluster.RepoRoot()
-	if err != nil {
-		return err
-	}
 	if d.work, err = os.MkdirTemp("", "nodecsr-demo-"); err != nil {
 		return err
 	}
 	defer func() { _ = os.RemoveAll(d.work) }()
 	d.bin = filepath.Join(d.work, "bin")
 	step("building nodecsr-controller and nodecsr-request")
-	build := exec.CommandContext(ctx, "go", "build", "-o", d.bin+"/", "./cmd/nodecsr-controller", "./cmd/nodecsr-request")
-	build.Dir, build.Stdout, build.Stderr = root, os.Stderr, os.Stderr
-	if err := build.Run(); err != nil {
-		return fmt.Errorf("go build: %w", err)
+	if err := cluster.BuildBinaries(ctx, d.bin); err != nil {
+		return err
 	}
 
 	step("starting etcd, kube-apiserver %s and kube-controller-manager (csrsigning only; its csrapproving is off)", cluster.KubeVersion)

@@ -112,18 +112,7 @@ func runTests(m *testing.M) int {
 }
 
 // build builds the real binaries into dir.
-func build(dir string) error {
-	root, err := cluster.RepoRoot()
-	if err != nil {
-		return err
-	}
-	cmd := exec.Command("go", "build", "-o", dir+string(filepath.Separator), "./cmd/nodecsr-controller", "./cmd/nodecsr-request")
-	cmd.Dir = root
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("go build: %w\n%s", err, out)
-	}
-	return nil
-}
+func build(dir string) error { return cluster.BuildBinaries(context.Background(), dir) }
 
 // TestNodeCSREndToEnd installs nodecsr as a cluster operator would, then
 // nodes join and renew through it and attackers are turned away, each

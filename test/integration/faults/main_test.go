@@ -111,17 +111,7 @@ func run(m *testing.M) int {
 }
 
 func buildController(dir string) (string, error) {
-	root, err := cluster.RepoRoot()
-	if err != nil {
-		return "", err
-	}
-	out := filepath.Join(dir, "nodecsr-controller")
-	cmd := exec.Command("go", "build", "-o", out, "./cmd/nodecsr-controller")
-	cmd.Dir = root
-	if b, err := cmd.CombinedOutput(); err != nil {
-		return "", fmt.Errorf("go build ./cmd/nodecsr-controller: %w\n%s", err, b)
-	}
-	return out, nil
+	return filepath.Join(dir, "nodecsr-controller"), cluster.BuildBinaries(context.Background(), dir, "./cmd/nodecsr-controller")
 }
 
 // uniqueName returns base with a random suffix: every test, and every

@@ -58,17 +58,7 @@ func run(m *testing.M) int {
 }
 
 func buildBinary(dir string) (string, error) {
-	root, err := cluster.RepoRoot()
-	if err != nil {
-		return "", err
-	}
-	out := filepath.Join(dir, "nodecsr-request")
-	cmd := exec.Command("go", "build", "-o", out, "./cmd/nodecsr-request")
-	cmd.Dir = root
-	if b, err := cmd.CombinedOutput(); err != nil {
-		return "", fmt.Errorf("go build ./cmd/nodecsr-request: %w\n%s", err, b)
-	}
-	return out, nil
+	return filepath.Join(dir, "nodecsr-request"), cluster.BuildBinaries(context.Background(), dir, "./cmd/nodecsr-request")
 }
 
 // uniqueName returns base with a random suffix, so that every test (and every
