@@ -66,6 +66,7 @@ type Reconciler struct {
 
 	limiter  requesterLimiter
 	reported reportedSet
+	missed   missedEvents
 	reloads  chan event.TypedGenericEvent[*certificatesv1.CertificateSigningRequest]
 }
 
@@ -112,12 +113,17 @@ func (r *Reconciler) SetupWithManager(ctx context.Context, mgr ctrl.Manager, wor
 		GenericFunc: func(event.GenericEvent) bool { return false },
 	}
 	// A new leader first records the decision Events its predecessor may
-	// have died before writing (leader-elected runnable).
+	// have died before writing, then keeps retrying the ones this replica
+	// failed to write (leader-elected runnable).
 	err := mgr.Add(manager.RunnableFunc(func(ctx context.Context) error {
 		if !mgr.GetCache().WaitForCacheSync(ctx) {
 			return nil // stopping
 		}
-		return r.repairDecisionEvents(ctx)
+		if err := r.repairDecisionEvents(ctx); err != nil {
+			return err
+		}
+		r.retryMissedEvents(ctx, missedEventRetry)
+		return nil
 	}))
 	if err != nil {
 		return err
@@ -314,8 +320,10 @@ func (r *Reconciler) record(ctx context.Context, policy *config.Policy, csr *cer
 	r.Metrics.DecisionLatency.WithLabelValues(string(d.Verdict)).Observe(now.Sub(csr.CreationTimestamp.Time).Seconds())
 	l.Info("Decided CSR", "decision", d.Verdict, "reason", d.Reason, "path", d.Path, "node", d.NodeName, "message", d.Message)
 	if err := r.recordDecision(ctx, csr, condType, d.Reason, d.Message); err != nil {
+		// The decision stands; its Event is retried until it is written.
 		r.Metrics.EventErrors.Inc()
-		l.Error(err, "Failed to record the decision Event")
+		l.Error(err, "Failed to record the decision Event; it will be retried")
+		r.missed.add(missedEvent{csr: csr.DeepCopy(), condType: condType, reason: d.Reason, message: d.Message})
 	}
 	return reconcile.Result{}, nil
 }

@@ -355,3 +355,31 @@ func TestRepairRecordsMissingDecisionEventsOnce(t *testing.T) {
 		t.Fatalf("decision Events per CSR: %v", byCSR)
 	}
 }
+
+func TestFailedDecisionEventIsRetried(t *testing.T) {
+	csr := csrtest.Build(csrtest.WithName("outage"))
+	csr.UID = "outage-uid"
+	failing := true
+	h := newHarness(t, "", interceptor.Funcs{
+		Create: func(ctx context.Context, c client.WithWatch, obj client.Object, opts ...client.CreateOption) error {
+			if _, ok := obj.(*eventsv1.Event); ok && failing {
+				return apierrors.NewServiceUnavailable("the API server is restarting")
+			}
+			return c.Create(ctx, obj, opts...)
+		},
+	}, csr)
+	h.reconcile(t, "outage")
+	if c := h.csr(t, "outage").Status.Conditions; len(c) != 1 {
+		t.Fatalf("the decision must stand without its Event: %+v", c)
+	}
+	h.r.retryMissedEventsOnce(t.Context())
+	if ev := h.events(t); len(ev) != 0 {
+		t.Fatalf("events while the API server is away: %+v", ev)
+	}
+	failing = false
+	h.r.retryMissedEventsOnce(t.Context())
+	h.r.retryMissedEventsOnce(t.Context())
+	if ev := h.events(t); len(ev) != 1 || ev[0].Reason != ReasonRenewalApproved {
+		t.Fatalf("events after the retry: %+v", ev)
+	}
+}
