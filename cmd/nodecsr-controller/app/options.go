@@ -72,10 +72,13 @@ type Options struct {
 // NewOptions returns the defaults.
 func NewOptions() *Options {
 	return &Options{
-		KubeAPIQPS:               200,
-		KubeAPIBurst:             400,
+		// A decision costs three requests (SubjectAccessReview, approval,
+		// Event); the API server's priority and fairness, not a small client
+		// limit, is what protects it (see BENCHMARKS.md).
+		KubeAPIQPS:               1000,
+		KubeAPIBurst:             2000,
 		PolicyReloadInterval:     5 * time.Second,
-		MaxConcurrentReconciles:  16,
+		MaxConcurrentReconciles:  64,
 		LeaderElectionID:         "nodecsr-controller",
 		LeaseDuration:            15 * time.Second,
 		RenewDeadline:            10 * time.Second,

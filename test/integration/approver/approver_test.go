@@ -585,6 +585,9 @@ func TestCertificateExpiryMetricFollowsRenewalsAndRestarts(t *testing.T) {
 	expectDecision(t, first.Name, certificatesv1.CertificateApproved, approver.ReasonRenewalApproved)
 	waitForExpiry(notAfter(first.Name))
 
+	// Creation timestamps have one-second resolution and within a second
+	// "newest" goes by name: renew in a later second, as a kubelet does.
+	time.Sleep(time.Until(first.CreationTimestamp.Add(1100 * time.Millisecond)))
 	second := create(t, client, csrtest.Build(csrtest.WithNodeName(node), csrtest.WithExpiration(7200)))
 	expectDecision(t, second.Name, certificatesv1.CertificateApproved, approver.ReasonRenewalApproved)
 	renewed := notAfter(second.Name)
