@@ -62,8 +62,8 @@ demo: assets ## Run the demo on a local control plane (KEEP=1 keeps it running).
 	$(GO) run ./test/demo $(if $(KEEP),--keep)
 
 .PHONY: bench
-bench: assets ## Run the benchmarks and write BENCHMARKS.md.
-	$(GO) test -run '^$$' -bench . -benchmem ./approver/ ./webhook/
+bench: assets ## Run the benchmarks side by side with kube-controller-manager and write BENCHMARKS.md (about 10 minutes).
+	$(GO) run ./test/bench all -markdown BENCHMARKS.md
 
 CHART_KUBE_VERSION := 1.37.2
 CHART_TEST_VALUES  := test/integration/chart/testdata/values-nondefault.yaml

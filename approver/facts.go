@@ -84,15 +84,10 @@ func NodeMetadata() *metav1.PartialObjectMetadata {
 	return m
 }
 
-// Field indexes on the CSR cache.
-const (
-	// IndexNodeName indexes CSRs by the node name in their subject.
-	IndexNodeName = "nodecsr.io/node-name"
-	// IndexNodeRequester indexes CSRs by node name and requester.
-	IndexNodeRequester = "nodecsr.io/node-requester"
-)
-
-func nodeRequesterKey(node, username string) string { return node + "\x00" + username }
+// IndexNodeName indexes the CSR cache by the node name in the subject. It
+// is the only index: the requester is compared on the few CSRs per node, which
+// keeps the cache's memory per CSR down.
+const IndexNodeName = "nodecsr.io/node-name"
 
 // IndexCSRByNodeName is the index function for IndexNodeName.
 func IndexCSRByNodeName(obj client.Object) []string {
@@ -102,18 +97,6 @@ func IndexCSRByNodeName(obj client.Object) []string {
 	}
 	if name, ok := NodeNameOf(csr); ok {
 		return []string{name}
-	}
-	return nil
-}
-
-// IndexCSRByNodeRequester is the index function for IndexNodeRequester.
-func IndexCSRByNodeRequester(obj client.Object) []string {
-	csr, ok := obj.(*certificatesv1.CertificateSigningRequest)
-	if !ok {
-		return nil
-	}
-	if name, ok := NodeNameOf(csr); ok {
-		return []string{nodeRequesterKey(name, csr.Spec.Username)}
 	}
 	return nil
 }
@@ -147,7 +130,7 @@ func newerThan(a, b *certificatesv1.CertificateSigningRequest) bool {
 // many older ones are pending.
 func pendingFacts(ctx context.Context, r client.Reader, csr *certificatesv1.CertificateSigningRequest, node string) (newer bool, older int, err error) {
 	var list certificatesv1.CertificateSigningRequestList
-	if err := r.List(ctx, &list, client.MatchingFields{IndexNodeRequester: nodeRequesterKey(node, csr.Spec.Username)}); err != nil {
+	if err := r.List(ctx, &list, client.MatchingFields{IndexNodeName: node}); err != nil {
 		return false, 0, fmt.Errorf("failed to list pending CSRs for node %q: %w", node, err)
 	}
 	newer, older = PendingAround(csr, node, list.Items)

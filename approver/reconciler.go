@@ -94,9 +94,6 @@ func (r *Reconciler) SetupWithManager(ctx context.Context, mgr ctrl.Manager, wor
 	if err := idx.IndexField(ctx, &certificatesv1.CertificateSigningRequest{}, IndexNodeName, IndexCSRByNodeName); err != nil {
 		return fmt.Errorf("failed to index CSRs by node name: %w", err)
 	}
-	if err := idx.IndexField(ctx, &certificatesv1.CertificateSigningRequest{}, IndexNodeRequester, IndexCSRByNodeRequester); err != nil {
-		return fmt.Errorf("failed to index CSRs by node and requester: %w", err)
-	}
 	if r.Expiry != nil {
 		if err := r.trackExpiry(ctx, mgr); err != nil {
 			return err

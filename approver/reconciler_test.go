@@ -62,7 +62,7 @@ func newHarness(t *testing.T, policyYAML string, funcs interceptor.Funcs, objs .
 	c := fake.NewClientBuilder().WithScheme(scheme).
 		WithObjects(objs...).
 		WithStatusSubresource(&certificatesv1.CertificateSigningRequest{}).
-		WithIndex(&certificatesv1.CertificateSigningRequest{}, IndexNodeRequester, IndexCSRByNodeRequester).
+		WithIndex(&certificatesv1.CertificateSigningRequest{}, IndexNodeName, IndexCSRByNodeName).
 		WithInterceptorFuncs(funcs).
 		Build()
 	p := config.Default()

@@ -1,0 +1,154 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"runtime"
+	"runtime/pprof"
+	"strconv"
+	"testing"
+	"time"
+
+	"go.uber.org/zap/zapcore"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/log/zap"
+
+	"github.com/nodecsr/nodecsr/cmd/nodecsr-controller/app"
+)
+
+// TestProfile runs nodecsr-controller in-process against a real control
+// plane to see where its CPU time and memory go (the binary serves no pprof
+// endpoint). It writes, into the folder named by NODECSR_BENCH_PROFILE:
+//
+//   - cpu.pprof: a CPU profile of the whole test process while nodecsr
+//     approves NODECSR_BENCH_PROFILE_N (default 2000) pending CSRs;
+//   - heap.pprof: a heap profile after a GC with NODECSR_BENCH_PROFILE_PENDING
+//     (default 10000) kubelet client CSRs left pending in nodecsr's cache.
+//
+// Skipped unless NODECSR_BENCH_PROFILE is set. The bench's own CSR watch is in
+// the same process; its stacks start in the bench's tracker.
+//
+//	NODECSR_BENCH_PROFILE=/tmp/prof go test ./test/bench -run TestProfile -v -timeout 20m
+//	go tool pprof -top -nodecount 40 /tmp/prof/cpu.pprof
+func TestProfile(t *testing.T) {
+	out := os.Getenv("NODECSR_BENCH_PROFILE")
+	if out == "" {
+		t.Skip("set NODECSR_BENCH_PROFILE to a folder to profile nodecsr-controller in-process")
+	}
+	n := envInt(t, "NODECSR_BENCH_PROFILE_N", 2000)
+	pending := envInt(t, "NODECSR_BENCH_PROFILE_PENDING", 10000)
+	if err := os.MkdirAll(out, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	ctx := t.Context()
+	e, cleanup, err := setupEnv(ctx, t.Logf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cleanup()
+	if err := e.c.StopControllerManager(); err != nil { // no signing: approvals only
+		t.Fatal(err)
+	}
+	logFile, err := os.Create(filepath.Join(e.dir, "nodecsr-inprocess.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = logFile.Close() }()
+	ctrl.SetLogger(zap.New(zap.WriteTo(logFile), zap.Level(zapcore.InfoLevel)))
+
+	// start runs nodecsr-controller's RunWithConfig with its defaults.
+	start := func(policy string) (stop func()) {
+		o := app.NewOptions()
+		o.MetricsBindAddress, o.HealthProbeBindAddress, o.PolicyFile = "0", "0", policy
+		cfg := e.c.AdminConfig()
+		cfg.QPS, cfg.Burst = o.KubeAPIQPS, o.KubeAPIBurst
+		ctx, cancel := context.WithCancel(ctx)
+		done := make(chan error, 1)
+		go func() { done <- app.RunWithConfig(ctx, o, cfg) }()
+		return func() {
+			cancel()
+			if err := <-done; err != nil {
+				t.Errorf("nodecsr-controller: %v", err)
+			}
+		}
+	}
+
+	// CPU: approve n pending CSRs.
+	const group = "profile-approve"
+	ids, err := e.makeIdentities(ctx, "bench-profile", group, n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e.createNodes(ctx, ids, group); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.createCSRs(ctx, ids, 32); err != nil {
+		t.Fatal(err)
+	}
+	cpuFile, err := os.Create(filepath.Join(out, "cpu.pprof"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := pprof.StartCPUProfile(cpuFile); err != nil {
+		t.Fatal(err)
+	}
+	t0 := time.Now()
+	stop := start("")
+	err = e.tracker.waitFor(ctx, group, 5*time.Minute, "approvals", func(_, decided int) bool { return decided >= n }, nil)
+	elapsed := time.Since(t0)
+	pprof.StopCPUProfile()
+	_ = cpuFile.Close()
+	stop()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("approved %d CSRs in %s (%.0f/s) in-process", n, elapsed, float64(n)/elapsed.Seconds())
+	if err := e.cleanupGroup(ctx, group); err != nil {
+		t.Fatal(err)
+	}
+
+	// Heap: pending CSRs left pending by the policy.
+	policy := filepath.Join(e.dir, "memory-policy.yaml")
+	if err := os.WriteFile(policy, []byte(memoryPolicy), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.createPending(ctx, pending); err != nil {
+		t.Fatal(err)
+	}
+	var before runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	stop = start(policy)
+	defer stop()
+	// Give it time to list, examine and requeue every CSR.
+	time.Sleep(time.Duration(pending/500+10) * time.Second)
+	runtime.GC()
+	var after runtime.MemStats
+	runtime.ReadMemStats(&after)
+	t.Logf("heap in use: %.1f MiB before nodecsr started, %.1f MiB with it running and %d CSRs pending (%.0f bytes per CSR, including the bench's own watch)",
+		float64(before.HeapInuse)/mib, float64(after.HeapInuse)/mib, pending, float64(after.HeapInuse-before.HeapInuse)/float64(pending))
+	heapFile, err := os.Create(filepath.Join(out, "heap.pprof"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = heapFile.Close() }()
+	if err := pprof.Lookup("heap").WriteTo(heapFile, 0); err != nil {
+		t.Fatal(err)
+	}
+	fmt.Fprintf(os.Stderr, "profiles written to %s\n", out)
+}
+
+func envInt(t *testing.T, name string, def int) int {
+	t.Helper()
+	s := os.Getenv(name)
+	if s == "" {
+		return def
+	}
+	v, err := strconv.Atoi(s)
+	if err != nil {
+		t.Fatalf("%s: %v", name, err)
+	}
+	return v
+}
