@@ -6,7 +6,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -134,19 +133,19 @@ func (e *env) startController(name string, extra ...string) (*controller, error)
 
 // startControllerEnv is startController with extra environment variables.
 func (e *env) startControllerEnv(name string, environ []string, extra ...string) (*controller, error) {
-	mport, err := freePort()
+	mport, err := cluster.FreePort()
 	if err != nil {
 		return nil, err
 	}
-	hport, err := freePort()
+	hport, err := cluster.FreePort()
 	if err != nil {
 		return nil, err
 	}
 	args := []string{
 		"--kubeconfig=" + e.c.AdminKubeconfig(),
 		"--leader-elect=false",
-		"--metrics-bind-address=" + hostPort(mport),
-		"--health-probe-bind-address=" + hostPort(hport),
+		"--metrics-bind-address=" + cluster.HostPort(mport),
+		"--health-probe-bind-address=" + cluster.HostPort(hport),
 	}
 	args = append(args, extra...)
 	p, err := startProcEnv(name, e.controllerBin, filepath.Join(e.dir, name+".log"), environ, args...)
@@ -154,7 +153,7 @@ func (e *env) startControllerEnv(name string, environ []string, extra ...string)
 		return nil, err
 	}
 	e.logf("started %s (pid %d): %snodecsr-controller %s", name, p.pid(), strings.Join(append(environ, ""), " "), strings.Join(args[1:], " "))
-	return &controller{proc: p, metricsURL: "http://" + hostPort(mport) + "/metrics", healthURL: "http://" + hostPort(hport) + "/readyz"}, nil
+	return &controller{proc: p, metricsURL: "http://" + cluster.HostPort(mport) + "/metrics", healthURL: "http://" + cluster.HostPort(hport) + "/readyz"}, nil
 }
 
 // waitReady polls /readyz until it answers 200.
@@ -278,17 +277,6 @@ func machineBusy() float64 {
 	}
 	return busy / clockTicks
 }
-
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer func() { _ = l.Close() }()
-	return l.Addr().(*net.TCPAddr).Port, nil
-}
-
-func hostPort(port int) string { return net.JoinHostPort("127.0.0.1", strconv.Itoa(port)) }
 
 // tailFile returns the last n lines of a file, for error messages.
 func tailFile(path string, n int) string {

@@ -17,6 +17,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/nodecsr/nodecsr/test/cluster"
 	"github.com/nodecsr/nodecsr/webhook"
 )
 
@@ -95,7 +96,7 @@ func (e *env) runWebhook(ctx context.Context, o *options) (*webhookResult, error
 	if err := os.WriteFile(filepath.Join(certDir, "tls.key"), serving.KeyPEM, 0o600); err != nil {
 		return nil, err
 	}
-	port, err := freePort()
+	port, err := cluster.FreePort()
 	if err != nil {
 		return nil, err
 	}
@@ -144,7 +145,7 @@ func (e *env) runWebhook(ctx context.Context, o *options) (*webhookResult, error
 		e.unregisterWebhooks(context.WithoutCancel(ctx))
 	}()
 
-	opts := webhook.ConfigOptions{Name: "nodecsr-bench", CABundle: e.c.ClusterCA().CertPEM, URL: fmt.Sprintf("https://%s", hostPort(port)), Self: self}
+	opts := webhook.ConfigOptions{Name: "nodecsr-bench", CABundle: e.c.ClusterCA().CertPEM, URL: fmt.Sprintf("https://%s", cluster.HostPort(port)), Self: self}
 	mwc, err := webhook.MutatingWebhookConfiguration(opts)
 	if err != nil {
 		return nil, err

@@ -110,24 +110,24 @@ func Start(ctx context.Context, opts Options) (c *Cluster, err error) {
 		return nil, err
 	}
 
-	etcdPort, err := freePort()
+	etcdPort, err := FreePort()
 	if err != nil {
 		return nil, err
 	}
-	peerPort, err := freePort()
+	peerPort, err := FreePort()
 	if err != nil {
 		return nil, err
 	}
-	etcdURL := "http://" + hostPort(etcdPort)
+	etcdURL := "http://" + HostPort(etcdPort)
 	c.etcd = &process{
 		name: "etcd", path: filepath.Join(assets, "etcd"), logPath: c.logPath("etcd"),
 		args: []string{
 			"--data-dir=" + filepath.Join(c.dir, "etcd"),
 			"--listen-client-urls=" + etcdURL,
 			"--advertise-client-urls=" + etcdURL,
-			"--listen-peer-urls=http://" + hostPort(peerPort),
-			"--initial-advertise-peer-urls=http://" + hostPort(peerPort),
-			"--initial-cluster=default=http://" + hostPort(peerPort),
+			"--listen-peer-urls=http://" + HostPort(peerPort),
+			"--initial-advertise-peer-urls=http://" + HostPort(peerPort),
+			"--initial-cluster=default=http://" + HostPort(peerPort),
 			"--unsafe-no-fsync=true",
 			"--log-level=warn",
 		},
@@ -138,10 +138,10 @@ func Start(ctx context.Context, opts Options) (c *Cluster, err error) {
 		return nil, err
 	}
 
-	if c.port, err = freePort(); err != nil {
+	if c.port, err = FreePort(); err != nil {
 		return nil, err
 	}
-	c.host = "https://" + hostPort(c.port)
+	c.host = "https://" + HostPort(c.port)
 	if err := c.configureAPIServer(assets, etcdURL); err != nil {
 		return nil, err
 	}

@@ -197,8 +197,8 @@ func tail(path string, n int) string {
 	return fmt.Sprintf("--- last lines of %s ---\n%s", filepath.Base(path), strings.Join(lines, "\n"))
 }
 
-// freePort asks the kernel for a free loopback port.
-func freePort() (int, error) {
+// FreePort asks the kernel for a free loopback port.
+func FreePort() (int, error) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return 0, err
@@ -207,7 +207,8 @@ func freePort() (int, error) {
 	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
-func hostPort(port int) string { return net.JoinHostPort("127.0.0.1", strconv.Itoa(port)) }
+// HostPort is 127.0.0.1:port.
+func HostPort(port int) string { return net.JoinHostPort("127.0.0.1", strconv.Itoa(port)) }
 
 var errStopped = errors.New("cluster is stopped")
 

@@ -16,7 +16,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -172,15 +171,6 @@ func (p *controllerProcess) stop() {
 	}
 }
 
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer func() { _ = l.Close() }()
-	return l.Addr().(*net.TCPAddr).Port, nil
-}
-
 func (d *demo) startController(ctx context.Context) (*controllerProcess, error) {
 	certDir := filepath.Join(d.work, "webhook-certs")
 	if err := os.MkdirAll(certDir, 0o700); err != nil {
@@ -202,7 +192,7 @@ func (d *demo) startController(ctx context.Context) (*controllerProcess, error) 
 	}
 	ports := make([]int, 3)
 	for i := range ports {
-		if ports[i], err = freePort(); err != nil {
+		if ports[i], err = cluster.FreePort(); err != nil {
 			return nil, err
 		}
 	}

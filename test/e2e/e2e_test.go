@@ -281,7 +281,7 @@ func startController(ctx context.Context, t *testing.T, d *appsv1.Deployment, ce
 
 	ports := make([]int, 3)
 	for i := range ports {
-		if ports[i], err = env.FreeLoopbackPort(); err != nil {
+		if ports[i], err = cluster.FreePort(); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"net"
 	"os"
 	"path/filepath"
 	"time"
@@ -135,16 +134,6 @@ func WriteTLSDir(dir string, certPEM, keyPEM []byte) error {
 		}
 	}
 	return nil
-}
-
-// FreeLoopbackPort returns a port free on 127.0.0.1 now.
-func FreeLoopbackPort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer func() { _ = l.Close() }()
-	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
 // Condition returns the CSR's condition of type typ with status True, or nil.

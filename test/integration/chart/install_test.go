@@ -394,7 +394,7 @@ func condition(csr *certificatesv1.CertificateSigningRequest, typ certificatesv1
 // freeLoopbackPort returns a port free on 127.0.0.1 now.
 func freeLoopbackPort(t *testing.T) int {
 	t.Helper()
-	port, err := env.FreeLoopbackPort()
+	port, err := cluster.FreePort()
 	if err != nil {
 		t.Fatal(err)
 	}

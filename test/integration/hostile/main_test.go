@@ -12,7 +12,6 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
-	"net"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -173,7 +172,7 @@ func setup(c *cluster.Cluster, dir, logPath string) error {
 		return err
 	}
 	webhookCA = c.ClusterCA().CertPEM
-	port, err := freePort()
+	port, err := cluster.FreePort()
 	if err != nil {
 		return err
 	}
@@ -237,15 +236,6 @@ func checkController(t *testing.T) {
 	if err := controllerErr.Load(); err != nil {
 		t.Fatal(*err)
 	}
-}
-
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer func() { _ = l.Close() }()
-	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
 func tail(path string, n int) string {
