@@ -16,6 +16,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/kubernetes"
+
+	"github.com/nodecsr/nodecsr/cmd/nodecsr-controller/app"
 )
 
 // approveResult compares the approvers on one API server.
@@ -130,8 +132,11 @@ func limiterHeadroom(decidedAt []time.Time, qps, burst float64) (float64, int) {
 
 // clientLimits are the --kube-api-qps and --kube-api-burst in args, or
 // nodecsr-controller's defaults.
+// defaults are nodecsr-controller's own defaults, which the reports name.
+var defaults = app.NewOptions()
+
 func clientLimits(args []string) (qps, burst float64) {
-	qps, burst = 200, 400
+	qps, burst = float64(defaults.KubeAPIQPS), float64(defaults.KubeAPIBurst)
 	for _, a := range args {
 		if v, ok := strings.CutPrefix(a, "--kube-api-qps="); ok {
 			_, _ = fmt.Sscan(v, &qps)
@@ -303,7 +308,8 @@ func (e *env) runApprove(ctx context.Context, o *options) (*approveResult, error
 		},
 	}
 	nodecsr := func(name string, args []string) contender {
-		settings := "defaults (--max-concurrent-reconciles=16 --kube-api-qps=200 --kube-api-burst=400), default policy"
+		settings := fmt.Sprintf("defaults (--max-concurrent-reconciles=%d --kube-api-qps=%g --kube-api-burst=%d), default policy",
+			defaults.MaxConcurrentReconciles, defaults.KubeAPIQPS, defaults.KubeAPIBurst)
 		if len(args) > 0 {
 			settings = strings.Join(args, " ") + ", default policy"
 		}

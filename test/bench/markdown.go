@@ -125,18 +125,20 @@ func approveAnalysis(a *approveResult) string {
 	p("- **kube-controller-manager** makes %.1f API requests per CSR (a SubjectAccessReview and the approval) through a client limited to 20 QPS with a burst of 30: at most 10 CSRs/s once the burst is spent. ", inc.RequestsPerDecision)
 	p("It decided %.1f/s over its second half and %.1f/s first to last; its own CPU use was %.2f cores, so it is its rate limit, not the machine, that bounds it.\n", inc.SecondHalfRatePerSecond, inc.RatePerSecond, contenderCores(inc))
 	p("- **nodecsr** makes %.1f requests per decision (its own count: %.2f): %s. ", nc.RequestsPerDecision, nc.ClientRequestsPerDecision, requestBreakdown(nc, nc.N))
-	p("Each reconcile makes them one after another; it took %.1f ms on average, of which the API server spent %.1f ms serving them; the rest is waiting (for the client rate limiter when it binds, for a CPU) and nodecsr's own work. With 16 workers that allows 16 / %.1f ms = %.0f decisions/s (Little's law); it did %.0f/s. ",
-		nc.ReconcileMeanMillis, serverMillis(nc), nc.ReconcileMeanMillis, 16000/max(nc.ReconcileMeanMillis, 0.001), nc.RatePerSecond)
-	p("controller-runtime gives every resource type its own client rate limiter, so `--kube-api-qps=200 --kube-api-burst=400` allows 200/s *each* for SubjectAccessReviews, approvals and Events, after a burst of 400: %d decisions take at least %.1f s. ",
-		nc.N/max(1, len(nc.RoundRates)), max(0, float64(nc.N/max(1, len(nc.RoundRates)))-400)/200)
+	p("Each reconcile makes them one after another; it took %.1f ms on average, of which the API server spent %.1f ms serving them; the rest is waiting (for the client rate limiter when it binds, for a CPU) and nodecsr's own work. With %d workers that allows %d / %.1f ms = %.0f decisions/s (Little's law); it did %.0f/s. ",
+		nc.ReconcileMeanMillis, serverMillis(nc), defaults.MaxConcurrentReconciles, defaults.MaxConcurrentReconciles, nc.ReconcileMeanMillis,
+		float64(defaults.MaxConcurrentReconciles)*1000/max(nc.ReconcileMeanMillis, 0.001), nc.RatePerSecond)
+	qps, burst := float64(defaults.KubeAPIQPS), float64(defaults.KubeAPIBurst)
+	p("controller-runtime gives every resource type its own client rate limiter, so `--kube-api-qps=%g --kube-api-burst=%g` allows %g/s *each* for SubjectAccessReviews, approvals and Events, after a burst of %g: %d decisions take at least %.1f s. ",
+		qps, burst, qps, burst, nc.N/max(1, len(nc.RoundRates)), max(0, float64(nc.N/max(1, len(nc.RoundRates)))-burst)/qps)
 	switch {
 	case nc.ClientQPS == 0:
 		p("\n")
 	case nc.LimiterBoundFrom > 0:
-		p("In this run the burst was spent by about decision %d; from there **the client rate limiter set nodecsr's pace** (200 decisions/s; second half: %.0f/s).\n",
-			nc.LimiterBoundFrom, nc.SecondHalfRatePerSecond)
+		p("In this run the burst was spent by about decision %d; from there **the client rate limiter set nodecsr's pace** (%g decisions/s; second half: %.0f/s).\n",
+			nc.LimiterBoundFrom, qps, nc.SecondHalfRatePerSecond)
 	default:
-		p("In this run the limiter always had at least %.0f tokens left, so it did not set the pace: the latency of three requests one after another, times 16 workers, did. A backlog that outlasts the burst would be held to 200 decisions/s.\n", nc.LimiterMinHeadroom)
+		p("In this run the limiter always had at least %.0f tokens left, so it did not set the pace: the latency of three requests one after another, times %d workers, did. A backlog that outlasts the burst would be held to %g decisions/s.\n", nc.LimiterMinHeadroom, defaults.MaxConcurrentReconciles, qps)
 	}
 	for _, v := range a.Variants {
 		lim := "client limiter never short"
@@ -227,7 +229,7 @@ func memoryAnalysis(m *memoryResult) string {
 			m.ForeignN, 100*m.ForeignRatio, 100*m.ForeignFreshRatio)
 	}
 	perCSR := float64(m.PendingFresh.HeapInuse-m.Idle.HeapInuse) / float64(m.PendingN)
-	p("- Each pending kubelet client CSR costs about %.1f KiB of heap in use (the decoded object with its PEM request, the two field indexes, the work-queue entry of a CSR left pending, and garbage not yet collected). ", perCSR/1024)
+	p("- Each pending kubelet client CSR costs about %.1f KiB of heap in use (the decoded object with its PEM request, the node-name index, the work-queue entry of a CSR left pending, and garbage not yet collected). ", perCSR/1024)
 	p("Go's default GOGC=100 lets the heap grow to twice the live data before a collection, so with %d pending the RSS was %s (fresh start: %s, peak %s).\n", m.PendingN, mibs(m.Pending.RSS), mibs(m.PendingFresh.RSS), mibs(m.PendingFresh.HWM))
 	for _, v := range m.EnvVariants {
 		p("- With `%s` the same state took %s RSS (peak %s, heap in use %s): the Go runtime collects more often instead of growing.\n", strings.Join(v.Env, " "), mibs(v.Sample.RSS), mibs(v.Sample.HWM), mibs(v.Sample.HeapInuse))
