@@ -101,7 +101,7 @@ func TestImageTarball(t *testing.T) {
 	if cf.OS != "linux" || cf.Architecture != runtime.GOARCH {
 		t.Errorf("platform = %s/%s, want linux/%s", cf.OS, cf.Architecture, runtime.GOARCH)
 	}
-	if !cf.Created.Time.Equal(created) {
+	if !cf.Created.Equal(created) {
 		t.Errorf("created = %v, want %v", cf.Created.Time, created)
 	}
 	wantLabels := map[string]string{
