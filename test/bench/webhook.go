@@ -90,10 +90,7 @@ func (e *env) runWebhook(ctx context.Context, o *options) (*webhookResult, error
 	if err != nil {
 		return nil, err
 	}
-	if err := os.WriteFile(filepath.Join(certDir, "tls.crt"), serving.CertPEM, 0o600); err != nil {
-		return nil, err
-	}
-	if err := os.WriteFile(filepath.Join(certDir, "tls.key"), serving.KeyPEM, 0o600); err != nil {
+	if _, _, err := serving.WriteFiles(certDir, "tls"); err != nil { // tls.crt, tls.key as a mounted Secret
 		return nil, err
 	}
 	port, err := cluster.FreePort()

@@ -180,10 +180,7 @@ func (d *demo) startController(ctx context.Context) (*controllerProcess, error) 
 	if err != nil {
 		return nil, err
 	}
-	if err := os.WriteFile(filepath.Join(certDir, "tls.crt"), serving.CertPEM, 0o600); err != nil {
-		return nil, err
-	}
-	if err := os.WriteFile(filepath.Join(certDir, "tls.key"), serving.KeyPEM, 0o600); err != nil {
+	if _, _, err := serving.WriteFiles(certDir, "tls"); err != nil { // tls.crt, tls.key as a mounted Secret
 		return nil, err
 	}
 	policy := filepath.Join(d.work, "policy.yaml")

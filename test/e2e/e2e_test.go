@@ -261,7 +261,7 @@ func startController(ctx context.Context, t *testing.T, d *appsv1.Deployment, ce
 	if err := os.Mkdir(certDir, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	if err := env.WriteTLSDir(certDir, certPEM, keyPEM); err != nil {
+	if _, _, err := (&cluster.KeyPair{CertPEM: certPEM, KeyPEM: keyPEM}).WriteFiles(certDir, "tls"); err != nil {
 		t.Fatal(err)
 	}
 	cm, err := admin.CoreV1().ConfigMaps(namespace).Get(ctx, d.Name+"-policy", metav1.GetOptions{})

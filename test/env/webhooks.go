@@ -5,8 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"os"
-	"path/filepath"
 	"time"
 
 	certificatesv1 "k8s.io/api/certificates/v1"
@@ -121,17 +119,6 @@ func PointWebhooksAt(ctx context.Context, cs kubernetes.Interface, name, base st
 	}
 	if _, err := cs.AdmissionregistrationV1().ValidatingWebhookConfigurations().Patch(ctx, name, types.JSONPatchType, data, metav1.PatchOptions{}); err != nil {
 		return fmt.Errorf("failed to point the validating webhooks at %s: %w", base, err)
-	}
-	return nil
-}
-
-// WriteTLSDir writes certPEM and keyPEM as tls.crt and tls.key into dir, the
-// layout of a mounted kubernetes.io/tls Secret (--webhook-cert-dir).
-func WriteTLSDir(dir string, certPEM, keyPEM []byte) error {
-	for name, data := range map[string][]byte{"tls.crt": certPEM, "tls.key": keyPEM} {
-		if err := os.WriteFile(filepath.Join(dir, name), data, 0o600); err != nil {
-			return err
-		}
 	}
 	return nil
 }

@@ -16,6 +16,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/nodecsr/nodecsr/approver/csrtest"
+	"github.com/nodecsr/nodecsr/test/cluster"
 	"github.com/nodecsr/nodecsr/test/env"
 )
 
@@ -61,7 +62,7 @@ func TestCertManagerIssuesTheWebhookCertificate(t *testing.T) {
 	// nodecsr-controller serves the webhooks on loopback with the issued
 	// certificate, as the chart's ServiceAccount.
 	certDir := t.TempDir()
-	if err := env.WriteTLSDir(certDir, certPEM, keyPEM); err != nil {
+	if _, _, err := (&cluster.KeyPair{CertPEM: certPEM, KeyPEM: keyPEM}).WriteFiles(certDir, "tls"); err != nil {
 		t.Fatal(err)
 	}
 	port := freeLoopbackPort(t)
