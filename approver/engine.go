@@ -6,6 +6,7 @@
 package approver
 
 import (
+	"bytes"
 	"crypto/dsa" //nolint:staticcheck // only to recognise and refuse DSA keys
 	"crypto/ecdh"
 	"crypto/ecdsa"
@@ -133,6 +134,20 @@ type Input struct {
 	CSR *certificatesv1.CertificateSigningRequest
 	// Facts gathered by the caller.
 	Facts Facts
+	// Parsed, when set, is Decision.Parsed of an earlier Evaluate of the
+	// same request: the parse and the signature verification are reused
+	// when the request bytes are the same, so a second pass with the
+	// facts (the reconciler's) costs no second signature check.
+	Parsed *Parsed
+}
+
+// Parsed is a request's parsed form and signature verdict, carried from one
+// Evaluate to the next. It is opaque and read-only.
+type Parsed struct {
+	raw     []byte
+	req     *request
+	sigErr  error
+	sigDone bool
 }
 
 // Check is one rule applied to the CSR.
@@ -179,6 +194,8 @@ type Decision struct {
 	PublicKeySHA256 string
 	// PolicyDigest is the digest of the policy applied.
 	PolicyDigest string
+	// Parsed can be handed to the next Evaluate of the same CSR (Input.Parsed).
+	Parsed *Parsed
 }
 
 // Violated reports whether the decision lists a violation with reason.
@@ -278,7 +295,7 @@ func Evaluate(in Input) Decision {
 	if err != nil {
 		return Decision{Verdict: Ignore, Reason: ReasonInvalidPolicy, Message: "the policy is unusable: " + truncate(err.Error())}
 	}
-	e := &evaluation{p: p, csr: csr, facts: in.Facts}
+	e := &evaluation{p: p, csr: csr, facts: in.Facts, reuse: in.Parsed}
 	e.d.Checks = make([]Check, 0, 26)
 	e.d.PolicyDigest = p.Digest()
 
@@ -331,6 +348,7 @@ type evaluation struct {
 	facts Facts
 	d     Decision
 
+	reuse     *Parsed  // an earlier Evaluate's parse, if any
 	req       *request // nil when the request did not parse
 	parseWhy  string   // why dependent checks are skipped
 	keyOK     bool     // the key passed every key check
@@ -382,13 +400,24 @@ func (e *evaluation) parse() {
 		e.fail(CheckEncoding, ReasonMalformedRequest, "spec.request is empty")
 		return
 	}
-	req, err := parseRequest(raw)
+	var req *request
+	var err error
+	if e.reuse != nil && e.reuse.req != nil && bytes.Equal(e.reuse.raw, raw) {
+		req = e.reuse.req
+	} else {
+		e.reuse = nil
+		req, err = parseRequest(raw)
+	}
 	if err != nil {
 		e.parseWhy = "not checked: the request did not parse"
 		e.fail(CheckEncoding, ReasonMalformedRequest, err.Error())
 		return
 	}
 	e.req = req
+	e.d.Parsed = &Parsed{raw: raw, req: req}
+	if e.reuse != nil {
+		e.d.Parsed.sigErr, e.d.Parsed.sigDone = e.reuse.sigErr, e.reuse.sigDone
+	}
 	e.cn, _ = commonName(req.rdns)
 	sum := sha256.Sum256(req.tbs.PublicKey.Raw)
 	e.d.PublicKeySHA256 = hex.EncodeToString(sum[:])
@@ -504,7 +533,10 @@ func (e *evaluation) signature() {
 		e.fail(CheckSignature, ReasonInvalidSignature, fmt.Sprintf("the request is signed with %s, a weak algorithm", cr.SignatureAlgorithm))
 		return
 	}
-	if err := cr.CheckSignature(); err != nil {
+	if !e.d.Parsed.sigDone {
+		e.d.Parsed.sigErr, e.d.Parsed.sigDone = cr.CheckSignature(), true
+	}
+	if err := e.d.Parsed.sigErr; err != nil {
 		e.fail(CheckSignature, ReasonInvalidSignature,
 			"the signature does not verify with the request's own public key: "+truncate(err.Error()))
 		return

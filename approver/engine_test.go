@@ -1057,3 +1057,37 @@ func TestReasonsDocumented(t *testing.T) {
 		}
 	}
 }
+
+func TestEvaluateReusesAnEarlierParseOnlyForTheSameRequest(t *testing.T) {
+	facts := Facts{Authorized: ptr(true), NodeExists: ptr(true), NewerPendingForNode: ptr(false), PendingForNode: ptr(0), RateLimited: ptr(false)}
+	good := csrtest.Build()
+	first := Evaluate(Input{CSR: good})
+	if first.Parsed == nil {
+		t.Fatal("no Parsed to hand on")
+	}
+	if d := Evaluate(Input{CSR: good, Facts: facts, Parsed: first.Parsed}); d.Verdict != Approve {
+		t.Fatalf("with the reused parse: %s %s", d.Verdict, d.Reason)
+	}
+	// A handle from another request is not trusted: the bad signature is found.
+	bad := csrtest.Build(csrtest.SignedByOtherKey())
+	if d := Evaluate(Input{CSR: bad, Facts: facts, Parsed: first.Parsed}); d.Reason != ReasonInvalidSignature {
+		t.Fatalf("a foreign Parsed hid a bad signature: %s %s", d.Verdict, d.Reason)
+	}
+	// A bad signature found once stays found on the second pass.
+	badFirst := Evaluate(Input{CSR: bad})
+	if d := Evaluate(Input{CSR: bad, Facts: facts, Parsed: badFirst.Parsed}); d.Reason != ReasonInvalidSignature {
+		t.Fatalf("second pass: %s %s", d.Verdict, d.Reason)
+	}
+}
+
+func BenchmarkEvaluateSecondPass(b *testing.B) {
+	facts := Facts{Authorized: ptr(true), NodeExists: ptr(true), NewerPendingForNode: ptr(false), PendingForNode: ptr(0), RateLimited: ptr(false)}
+	csr := csrtest.Build()
+	first := Evaluate(Input{CSR: csr})
+	b.ReportAllocs()
+	for b.Loop() {
+		if d := Evaluate(Input{CSR: csr, Facts: facts, Parsed: first.Parsed}); d.Verdict != Approve {
+			b.Fatal(d.Reason)
+		}
+	}
+}

@@ -234,12 +234,13 @@ func (r *Reconciler) Reconcile(ctx context.Context, req reconcile.Request) (reco
 		if err != nil {
 			return reconcile.Result{}, err
 		}
-		d = Evaluate(Input{Policy: policy, CSR: csr, Facts: facts})
+		// The static pass's parse and signature check are reused.
+		d = Evaluate(Input{Policy: policy, CSR: csr, Facts: facts, Parsed: d.Parsed})
 		if d.Verdict == Approve && d.Path == PathBootstrap {
 			perMinute, burst := policy.RateLimit()
 			if ok, wait := r.limiter.take(csr.Spec.Username, perMinute, burst, r.Clock.Now()); !ok {
 				facts.RateLimited = ptrTo(true)
-				d = Evaluate(Input{Policy: policy, CSR: csr, Facts: facts})
+				d = Evaluate(Input{Policy: policy, CSR: csr, Facts: facts, Parsed: d.Parsed})
 				retry = wait
 			}
 		}
