@@ -151,6 +151,10 @@ func TestNoProcessOutlivesACrashedTest(t *testing.T) {
 			var pids []int
 			sc := bufio.NewScanner(stdout)
 			for sc.Scan() {
+				// The child dies without cleaning up; its folder is ours to remove.
+				if dir, ok := strings.CutPrefix(sc.Text(), "DIR "); ok {
+					t.Cleanup(func() { _ = os.RemoveAll(dir) })
+				}
 				if rest, ok := strings.CutPrefix(sc.Text(), "PIDS "); ok {
 					for _, f := range strings.Fields(rest) {
 						pid, _ := strconv.Atoi(f)
@@ -193,6 +197,7 @@ func crashHelper(mode string) {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(2)
 	}
+	fmt.Printf("DIR %s\n", c.Dir())
 	fmt.Printf("PIDS %s\n", strings.Join(c.PIDs(), " "))
 	switch mode {
 	case "panic":
