@@ -17,6 +17,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
 
 	"github.com/nodecsr/nodecsr/config"
+	"github.com/nodecsr/nodecsr/internal/testutil"
 )
 
 var csrResource = metav1.GroupVersionResource{Group: "certificates.k8s.io", Version: "v1", Resource: "certificatesigningrequests"}
@@ -100,26 +101,11 @@ func testHandlers(t testing.TB, p *config.Policy, mut func(*Options)) (*handlers
 // count reads one series of nodecsr_admission_total from reg.
 func count(t testing.TB, reg prometheus.Gatherer, op, result, reason string) int {
 	t.Helper()
-	mfs, err := reg.Gather()
+	v, err := testutil.MetricSum(reg, "nodecsr_admission_total", map[string]string{"operation": op, "result": result, "reason": reason})
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := map[string]string{"operation": op, "result": result, "reason": reason}
-	for _, mf := range mfs {
-		if mf.GetName() != "nodecsr_admission_total" {
-			continue
-		}
-	series:
-		for _, m := range mf.GetMetric() {
-			for _, l := range m.GetLabel() {
-				if want[l.GetName()] != l.GetValue() {
-					continue series
-				}
-			}
-			return int(m.GetCounter().GetValue())
-		}
-	}
-	return 0
+	return int(v)
 }
 
 // fakeNodes is a NodeLookup over a fixed set of names.

@@ -38,6 +38,7 @@ import (
 	"github.com/nodecsr/nodecsr/approver/csrtest"
 	"github.com/nodecsr/nodecsr/cmd/nodecsr-controller/app"
 	"github.com/nodecsr/nodecsr/config"
+	"github.com/nodecsr/nodecsr/internal/testutil"
 	"github.com/nodecsr/nodecsr/test/cluster"
 )
 
@@ -408,37 +409,11 @@ func grantCSRCreate(t *testing.T, group string) {
 // metricValue sums the samples of a metric family whose labels include want.
 func metricValue(t *testing.T, name string, want map[string]string) float64 {
 	t.Helper()
-	families, err := ctrlmetrics.Registry.Gather()
+	v, err := testutil.MetricSum(ctrlmetrics.Registry, name, want)
 	if err != nil {
 		t.Fatal(err)
 	}
-	var sum float64
-	for _, f := range families {
-		if f.GetName() != name {
-			continue
-		}
-	samples:
-		for _, m := range f.GetMetric() {
-			labels := map[string]string{}
-			for _, l := range m.GetLabel() {
-				labels[l.GetName()] = l.GetValue()
-			}
-			for k, v := range want {
-				if labels[k] != v {
-					continue samples
-				}
-			}
-			switch {
-			case m.Counter != nil:
-				sum += m.GetCounter().GetValue()
-			case m.Gauge != nil:
-				sum += m.GetGauge().GetValue()
-			case m.Histogram != nil:
-				sum += float64(m.GetHistogram().GetSampleCount())
-			}
-		}
-	}
-	return sum
+	return v
 }
 
 func TestDecisionsAreCounted(t *testing.T) {

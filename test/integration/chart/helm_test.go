@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 
 	"helm.sh/helm/v3/pkg/action"
@@ -16,6 +15,7 @@ import (
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
+	"github.com/nodecsr/nodecsr/internal/testutil"
 	"github.com/nodecsr/nodecsr/test/cluster"
 	"github.com/nodecsr/nodecsr/test/env"
 )
@@ -85,28 +85,9 @@ func mustRender(t testing.TB, releaseName, namespace string, vals map[string]any
 	return r
 }
 
-// warnings collects the API server's warnings (for example Pod Security
-// admission's "would violate PodSecurity") seen by Helm's clients.
-type warnings struct {
-	mu   sync.Mutex
-	list []string
-}
-
-func (w *warnings) HandleWarningHeader(_ int, _ string, text string) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	w.list = append(w.list, text)
-}
-
-func (w *warnings) all() []string {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return append([]string(nil), w.list...)
-}
-
 // install installs the chart as releaseName into namespace (which must
 // exist) as the admin and uninstalls it when the test ends.
-func install(t *testing.T, releaseName, namespace string, vals map[string]any, w *warnings) *release.Release {
+func install(t *testing.T, releaseName, namespace string, vals map[string]any, w *testutil.Warnings) *release.Release {
 	t.Helper()
 	var warn rest.WarningHandler
 	if w != nil {
@@ -152,9 +133,9 @@ func kinds(objs []*unstructured.Unstructured) []string {
 	return out
 }
 
-func podSecurityWarnings(w *warnings) []string {
+func podSecurityWarnings(w *testutil.Warnings) []string {
 	var out []string
-	for _, s := range w.all() {
+	for _, s := range w.All() {
 		if strings.Contains(s, "PodSecurity") {
 			out = append(out, s)
 		}

@@ -24,6 +24,7 @@ import (
 
 	"github.com/nodecsr/nodecsr/approver/csrtest"
 	"github.com/nodecsr/nodecsr/cmd/nodecsr-controller/app"
+	"github.com/nodecsr/nodecsr/internal/testutil"
 	"github.com/nodecsr/nodecsr/test/cluster"
 	"github.com/nodecsr/nodecsr/test/env"
 )
@@ -67,7 +68,7 @@ func TestInstallIntoRealAPIServer(t *testing.T) {
 			if tcase.eventsNS != "default" {
 				createNamespace(t, tcase.eventsNS, nil)
 			}
-			w := &warnings{}
+			w := &testutil.Warnings{}
 			rel := install(t, ns, ns, tcase.values, w)
 			objs := decodeManifests(t, rel.Manifest)
 			if len(objs) < 10 {

@@ -31,7 +31,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/rest"
 	"k8s.io/klog/v2/textlogger"
 	ctrl "sigs.k8s.io/controller-runtime"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
@@ -39,6 +38,7 @@ import (
 	"github.com/nodecsr/nodecsr/approver"
 	"github.com/nodecsr/nodecsr/approver/csrtest"
 	"github.com/nodecsr/nodecsr/config"
+	"github.com/nodecsr/nodecsr/internal/testutil"
 	"github.com/nodecsr/nodecsr/test/cluster"
 	"github.com/nodecsr/nodecsr/webhook"
 )
@@ -286,35 +286,16 @@ func bootstrapClient(t *testing.T) kubernetes.Interface {
 
 // userClient is a client authenticating as user; warnings collects the
 // warnings the API server returns to it.
-func userClient(t *testing.T, user string, groups ...string) (kubernetes.Interface, *warnings) {
+func userClient(t *testing.T, user string, groups ...string) (kubernetes.Interface, *testutil.Warnings) {
 	t.Helper()
 	cfg, err := testCluster.UserConfig(user, groups...)
 	if err != nil {
 		t.Fatal(err)
 	}
-	w := &warnings{}
+	w := &testutil.Warnings{}
 	cfg.WarningHandler = w
 	return kubernetes.NewForConfigOrDie(cfg), w
 }
-
-type warnings struct {
-	mu   sync.Mutex
-	list []string
-}
-
-func (w *warnings) HandleWarningHeader(_ int, _ string, text string) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	w.list = append(w.list, text)
-}
-
-func (w *warnings) all() []string {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return append([]string(nil), w.list...)
-}
-
-var _ rest.WarningHandler = (*warnings)(nil)
 
 // createNode creates a Node object and deletes it when the test ends.
 func createNode(t *testing.T, name string) {
@@ -462,26 +443,11 @@ func serialOf(t *testing.T, kp *cluster.KeyPair) string {
 // counter reads nodecsr_admission_total{operation,result,reason} from reg.
 func counter(t *testing.T, reg prometheus.Gatherer, op, result, reason string) float64 {
 	t.Helper()
-	mfs, err := reg.Gather()
+	v, err := testutil.MetricSum(reg, "nodecsr_admission_total", map[string]string{"operation": op, "result": result, "reason": reason})
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := map[string]string{"operation": op, "result": result, "reason": reason}
-	for _, mf := range mfs {
-		if mf.GetName() != "nodecsr_admission_total" {
-			continue
-		}
-	series:
-		for _, m := range mf.GetMetric() {
-			for _, l := range m.GetLabel() {
-				if want[l.GetName()] != l.GetValue() {
-					continue series
-				}
-			}
-			return m.GetCounter().GetValue()
-		}
-	}
-	return 0
+	return v
 }
 
 // failOpenCount sums the API server's apiserver_admission_webhook_fail_open_count

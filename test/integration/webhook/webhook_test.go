@@ -236,10 +236,10 @@ func TestApprovalGuard(t *testing.T) {
 	if err := approve(ctx, mallory, csr, metav1.UpdateOptions{}); err != nil {
 		t.Fatalf("Warn mode refused mallory's approval: %v", err)
 	}
-	if !slices.ContainsFunc(malloryWarnings.all(), func(w string) bool {
+	if !slices.ContainsFunc(malloryWarnings.All(), func(w string) bool {
 		return strings.Contains(w, `nodecsr approval guard (mode Warn): user "it-mallory" may not approve`)
 	}) {
-		t.Errorf("no approval guard warning; warnings: %q", malloryWarnings.all())
+		t.Errorf("no approval guard warning; warnings: %q", malloryWarnings.All())
 	}
 	err = wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, pollTimeout, true, func(ctx context.Context) (bool, error) {
 		evs, err := e.admin.EventsV1().Events(metav1.NamespaceDefault).List(ctx, metav1.ListOptions{})
@@ -256,11 +256,11 @@ func TestApprovalGuard(t *testing.T) {
 
 	// Off: nothing to say.
 	e.policy.Store(config.Default())
-	before := len(malloryWarnings.all())
+	before := len(malloryWarnings.All())
 	if err := approve(ctx, mallory, newCSR(), metav1.UpdateOptions{}); err != nil {
 		t.Fatalf("Off mode refused mallory's approval: %v", err)
 	}
-	if after := malloryWarnings.all(); len(after) != before {
+	if after := malloryWarnings.All(); len(after) != before {
 		t.Errorf("warnings with the guard off: %q", after[before:])
 	}
 }
