@@ -35,12 +35,13 @@ build: ## Build nodecsr-controller and nodecsr-request into ./bin.
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/ ./cmd/...
 
 .PHONY: assets
-assets: ## Build etcd, kube-apiserver and kube-controller-manager (only when missing).
+assets: ## Build etcd, kube-apiserver, kube-controller-manager and kubelet into the per-user cache (only when missing).
 	@hack/build-assets.sh >/dev/null
 
 .PHONY: test
 test: assets ## Run unit and integration tests against a real local control plane, then each fuzz target briefly.
 	$(GO) test -timeout $(TEST_TIMEOUT) -count=1 $(TEST_FLAGS) ./...
+	cd test && $(GO) test -timeout $(TEST_TIMEOUT) -count=1 $(TEST_FLAGS) ./...
 	@$(MAKE) --no-print-directory fuzz FUZZTIME=$(TEST_FUZZTIME)
 
 .PHONY: fuzz
@@ -55,15 +56,17 @@ fuzz: ## Run every fuzz target for FUZZTIME (default 60s) each.
 lint: $(GOLANGCI_LINT) ## gofmt, go vet and golangci-lint.
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
+	cd test && $(GO) vet ./...
 	$(GOLANGCI_LINT) run ./...
+	cd test && $(GOLANGCI_LINT) run ./...
 
 .PHONY: demo
 demo: assets ## Run the demo on a local control plane (KEEP=1 keeps it running).
-	$(GO) run ./test/demo $(if $(KEEP),--keep)
+	cd test && $(GO) run ./demo $(if $(KEEP),--keep)
 
 .PHONY: bench
 bench: assets ## Run the benchmarks side by side with kube-controller-manager and write BENCHMARKS.md (about 10 minutes).
-	$(GO) run ./test/bench all -markdown BENCHMARKS.md
+	cd test && $(GO) run ./bench all -markdown $(CURDIR)/BENCHMARKS.md
 
 CHART_KUBE_VERSION := 1.37.2
 CHART_TEST_VALUES  := test/integration/chart/testdata/values-nondefault.yaml
@@ -80,8 +83,12 @@ image: ## Build the nodecsr-controller image as bin/nodecsr-controller-image.tar
 	VERSION=$(VERSION) $(GO) run ./hack/image --output $(BIN)/nodecsr-controller-image.tar
 
 .PHONY: clean
-clean: ## Remove build output and caches (including the control-plane binaries).
+clean: ## Remove build output and the repository's tool cache (the per-user control-plane cache stays; see clean-cache).
 	rm -rf $(BIN) $(CACHE)
+
+.PHONY: clean-cache
+clean-cache: ## Remove the per-user cache of built control-plane binaries ($$NODECSR_CACHE, default ~/.cache/nodecsr).
+	rm -rf "$${NODECSR_CACHE:-$${XDG_CACHE_HOME:-$$HOME/.cache}/nodecsr}"
 
 $(GOLANGCI_LINT):
 	@mkdir -p $(TOOLS)/tmp

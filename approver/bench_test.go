@@ -4,8 +4,8 @@ import (
 	"crypto/elliptic"
 	"testing"
 
-	"github.com/nodecsr/nodecsr/approver/csrtest"
 	"github.com/nodecsr/nodecsr/config"
+	"github.com/nodecsr/nodecsr/internal/csrtest"
 )
 
 // BenchmarkEvaluate measures one full decision: parse, key and signature

@@ -17,7 +17,7 @@ import (
 	certificatesv1 "k8s.io/api/certificates/v1"
 	clocktesting "k8s.io/utils/clock/testing"
 
-	"github.com/nodecsr/nodecsr/approver/csrtest"
+	"github.com/nodecsr/nodecsr/internal/csrtest"
 )
 
 func issued(t *testing.T, cn string, notBefore, notAfter time.Time) *certificatesv1.CertificateSigningRequest {

@@ -1,21 +1,24 @@
 #!/usr/bin/env bash
 # Builds the control-plane binaries the tests run (etcd, kube-apiserver,
-# kube-controller-manager) from the Go module proxy into a cache folder, only
-# when they are missing. Prints the folder on stdout.
+# kube-controller-manager, kubelet) from the Go module proxy into a per-user
+# cache folder keyed by version, only when they are missing, so that every clone
+# on a machine shares one build. Prints the folder on stdout.
 #
-#   hack/build-assets.sh [DIR]     DIR defaults to .cache/assets/k8s-$KUBE_VERSION
+#   hack/build-assets.sh [DIR]     DIR defaults to $NODECSR_CACHE/assets/k8s-$KUBE_VERSION
 #
-# When KUBEBUILDER_ASSETS is set and holds all three binaries, those are used
-# and nothing is built.
+# NODECSR_CACHE defaults to ${XDG_CACHE_HOME:-$HOME/.cache}/nodecsr; `make clean`
+# leaves it alone, `make clean-cache` removes it. When KUBEBUILDER_ASSETS is set
+# and holds all four binaries, those are used and nothing is built.
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
 KUBE_VERSION=${KUBE_VERSION:-v1.37.2}
 ETCD_VERSION=${ETCD_VERSION:-v3.6.16}
-dir=${1:-$root/.cache/assets/k8s-$KUBE_VERSION}
+cache=${NODECSR_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/nodecsr}
+dir=${1:-$cache/assets/k8s-$KUBE_VERSION}
 
 have_all() {
-	[ -x "$1/etcd" ] && [ -x "$1/kube-apiserver" ] && [ -x "$1/kube-controller-manager" ]
+	[ -x "$1/etcd" ] && [ -x "$1/kube-apiserver" ] && [ -x "$1/kube-controller-manager" ] && [ -x "$1/kubelet" ]
 }
 
 if [ -n "${KUBEBUILDER_ASSETS:-}" ]; then
@@ -23,7 +26,7 @@ if [ -n "${KUBEBUILDER_ASSETS:-}" ]; then
 		echo "$KUBEBUILDER_ASSETS"
 		exit 0
 	fi
-	echo "KUBEBUILDER_ASSETS=$KUBEBUILDER_ASSETS lacks etcd, kube-apiserver or kube-controller-manager" >&2
+	echo "KUBEBUILDER_ASSETS=$KUBEBUILDER_ASSETS lacks etcd, kube-apiserver, kube-controller-manager or kubelet" >&2
 	exit 1
 fi
 
@@ -50,5 +53,6 @@ kube_ldflags="-s -w -X $vpkg.gitVersion=$KUBE_VERSION -X $vpkg.gitMajor=$major -
 build etcd etcd go.etcd.io/etcd/server/v3 "-s -w"
 build kube-apiserver kube k8s.io/kubernetes/cmd/kube-apiserver "$kube_ldflags"
 build kube-controller-manager kube k8s.io/kubernetes/cmd/kube-controller-manager "$kube_ldflags"
+build kubelet kube k8s.io/kubernetes/cmd/kubelet "$kube_ldflags"
 
 echo "$dir"

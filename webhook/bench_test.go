@@ -4,8 +4,8 @@ import (
 	"testing"
 
 	"github.com/nodecsr/nodecsr/approver"
-	"github.com/nodecsr/nodecsr/approver/csrtest"
 	"github.com/nodecsr/nodecsr/config"
+	"github.com/nodecsr/nodecsr/internal/csrtest"
 )
 
 // The handlers' cost over approver.Evaluate's own: decoding the admission

@@ -17,7 +17,7 @@ import (
 
 	"k8s.io/apimachinery/pkg/util/wait"
 
-	"github.com/nodecsr/nodecsr/test/cluster"
+	"github.com/nodecsr/nodecsr/internal/testpki"
 )
 
 // secretVolume writes a certificate and key into dir the way the kubelet
@@ -31,7 +31,7 @@ type secretVolume struct {
 	gen atomic.Int32
 }
 
-func (v *secretVolume) write(t testing.TB, kp *cluster.KeyPair) {
+func (v *secretVolume) write(t testing.TB, kp *testpki.KeyPair) {
 	t.Helper()
 	n := v.gen.Add(1)
 	ts := fmt.Sprintf("..2026_01_01_00_00_%02d.%d", n, os.Getpid())
@@ -87,7 +87,7 @@ func servedSerial(addr string, roots *x509.CertPool) (string, error) {
 	return conn.ConnectionState().PeerCertificates[0].SerialNumber.String(), nil
 }
 
-func serialOf(t testing.TB, kp *cluster.KeyPair) string {
+func serialOf(t testing.TB, kp *testpki.KeyPair) string {
 	t.Helper()
 	c, err := tls.X509KeyPair(kp.CertPEM, kp.KeyPEM)
 	if err != nil {
@@ -120,7 +120,7 @@ func startServer(t *testing.T, s *Server) {
 }
 
 func TestServerTLSAndRotation(t *testing.T) {
-	ca, err := cluster.NewCA("webhook-test-ca")
+	ca, err := testpki.NewCA("webhook-test-ca")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -188,7 +188,7 @@ func TestServerTLSAndRotation(t *testing.T) {
 	good, _ := servedSerial(addr, roots)
 	a, _ := ca.IssueServing("127.0.0.1")
 	b, _ := ca.IssueServing("127.0.0.1")
-	vol.write(t, &cluster.KeyPair{CertPEM: a.CertPEM, KeyPEM: b.KeyPEM})
+	vol.write(t, &testpki.KeyPair{CertPEM: a.CertPEM, KeyPEM: b.KeyPEM})
 	time.Sleep(500 * time.Millisecond)
 	if got, err := servedSerial(addr, roots); err != nil || got != good {
 		t.Errorf("after a mismatched update: serial %s, %v; want the previous %s", got, err, good)
@@ -196,7 +196,7 @@ func TestServerTLSAndRotation(t *testing.T) {
 }
 
 func TestServerHTTP2(t *testing.T) {
-	ca, err := cluster.NewCA("webhook-test-ca")
+	ca, err := testpki.NewCA("webhook-test-ca")
 	if err != nil {
 		t.Fatal(err)
 	}

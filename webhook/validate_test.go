@@ -17,8 +17,8 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
 
 	"github.com/nodecsr/nodecsr/approver"
-	"github.com/nodecsr/nodecsr/approver/csrtest"
 	"github.com/nodecsr/nodecsr/config"
+	"github.com/nodecsr/nodecsr/internal/csrtest"
 )
 
 var serverAuth = []certificatesv1.KeyUsage{certificatesv1.UsageDigitalSignature, certificatesv1.UsageClientAuth, certificatesv1.UsageServerAuth}

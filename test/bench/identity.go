@@ -21,7 +21,7 @@ import (
 	certsclient "k8s.io/client-go/kubernetes/typed/certificates/v1"
 	"k8s.io/client-go/rest"
 
-	"github.com/nodecsr/nodecsr/approver/csrtest"
+	"github.com/nodecsr/nodecsr/internal/csrtest"
 )
 
 // identity is one node: its name, a client that authenticates with its own

@@ -7,22 +7,22 @@ import (
 	"strings"
 )
 
-// FindAssets returns the folder that holds etcd, kube-apiserver and
-// kube-controller-manager: dir if given, else $KUBEBUILDER_ASSETS, else the
-// folder hack/build-assets.sh fills at the repository root.
+// FindAssets returns the folder that holds etcd, kube-apiserver,
+// kube-controller-manager and kubelet: dir if given, else $KUBEBUILDER_ASSETS,
+// else the per-user folder hack/build-assets.sh fills (AssetsCacheDir).
 func FindAssets(dir string) (string, error) {
 	if dir == "" {
 		dir = os.Getenv("KUBEBUILDER_ASSETS")
 	}
 	if dir == "" {
-		root, err := RepoRoot()
+		cache, err := AssetsCacheDir()
 		if err != nil {
 			return "", err
 		}
-		dir = filepath.Join(root, ".cache", "assets", "k8s-"+KubeVersion)
+		dir = filepath.Join(cache, "k8s-"+KubeVersion)
 	}
 	var missing []string
-	for _, bin := range []string{"etcd", "kube-apiserver", "kube-controller-manager"} {
+	for _, bin := range []string{"etcd", "kube-apiserver", "kube-controller-manager", "kubelet"} {
 		if fi, err := os.Stat(filepath.Join(dir, bin)); err != nil || fi.Mode()&0o111 == 0 {
 			missing = append(missing, bin)
 		}
@@ -32,6 +32,22 @@ func FindAssets(dir string) (string, error) {
 			dir, strings.Join(missing, ", "))
 	}
 	return dir, nil
+}
+
+// AssetsCacheDir is where hack/build-assets.sh keeps the binaries of each
+// Kubernetes version, shared by every clone of the repository on the machine:
+// $NODECSR_CACHE/assets, NODECSR_CACHE defaulting to
+// ${XDG_CACHE_HOME:-$HOME/.cache}/nodecsr.
+func AssetsCacheDir() (string, error) {
+	cache := os.Getenv("NODECSR_CACHE")
+	if cache == "" {
+		base, err := os.UserCacheDir()
+		if err != nil {
+			return "", fmt.Errorf("no cache folder for the control-plane binaries (set NODECSR_CACHE): %w", err)
+		}
+		cache = filepath.Join(base, "nodecsr")
+	}
+	return filepath.Join(cache, "assets"), nil
 }
 
 // RepoRoot walks up from the working directory to the folder whose go.mod

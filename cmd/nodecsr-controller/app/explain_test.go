@@ -12,7 +12,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/nodecsr/nodecsr/approver"
-	"github.com/nodecsr/nodecsr/approver/csrtest"
+	"github.com/nodecsr/nodecsr/internal/csrtest"
 )
 
 func manifest(t *testing.T, csr *certificatesv1.CertificateSigningRequest) string {

@@ -35,9 +35,9 @@ import (
 	ctrlmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
 
 	"github.com/nodecsr/nodecsr/approver"
-	"github.com/nodecsr/nodecsr/approver/csrtest"
 	"github.com/nodecsr/nodecsr/cmd/nodecsr-controller/app"
 	"github.com/nodecsr/nodecsr/config"
+	"github.com/nodecsr/nodecsr/internal/csrtest"
 	"github.com/nodecsr/nodecsr/internal/testutil"
 	"github.com/nodecsr/nodecsr/test/cluster"
 )

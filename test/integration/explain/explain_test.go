@@ -18,8 +18,8 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/nodecsr/nodecsr/approver"
-	"github.com/nodecsr/nodecsr/approver/csrtest"
 	"github.com/nodecsr/nodecsr/cmd/nodecsr-controller/app"
+	"github.com/nodecsr/nodecsr/internal/csrtest"
 	"github.com/nodecsr/nodecsr/test/cluster"
 )
 

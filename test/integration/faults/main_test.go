@@ -39,7 +39,7 @@ import (
 	"k8s.io/client-go/rest"
 
 	"github.com/nodecsr/nodecsr/approver"
-	"github.com/nodecsr/nodecsr/approver/csrtest"
+	"github.com/nodecsr/nodecsr/internal/csrtest"
 	"github.com/nodecsr/nodecsr/test/cluster"
 )
 
