@@ -28,14 +28,14 @@ func BenchmarkEvaluate(b *testing.B) {
 	}
 	p := config.Default()
 	for name, bc := range cases {
-		in := Input{Policy: p, CSR: newCSR(bc.opts...), Facts: goodFacts(bc.path)}
-		if d := Evaluate(in); d.Verdict != bc.want {
+		csr, facts := newCSR(bc.opts...), goodFacts(bc.path)
+		if d := evaluate(p, csr, facts); d.Verdict != bc.want {
 			b.Fatalf("%s: %s %s", name, d.Verdict, d.Message)
 		}
 		b.Run(name, func(b *testing.B) {
 			b.ReportAllocs()
 			for b.Loop() {
-				Evaluate(in)
+				Decide(p, Inspect(p, csr), facts)
 			}
 		})
 	}
@@ -50,11 +50,11 @@ func BenchmarkNodeNameOf(b *testing.B) {
 	}
 }
 
-// BenchmarkRequestPath measures RequestPath for a renewal (which parses).
-func BenchmarkRequestPath(b *testing.B) {
+// BenchmarkInspect measures the one parse of a renewal.
+func BenchmarkInspect(b *testing.B) {
 	csr, p := newCSR(), config.Default()
 	b.ReportAllocs()
 	for b.Loop() {
-		RequestPath(p, csr)
+		Inspect(p, csr)
 	}
 }

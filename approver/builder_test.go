@@ -11,6 +11,7 @@ import (
 	"math/big"
 	"sync"
 	"testing"
+	"time"
 
 	certificatesv1 "k8s.io/api/certificates/v1"
 
@@ -81,21 +82,30 @@ func goodFacts(path Path) Facts {
 		NodeExists:          ptr(path == PathRenewal),
 		NewerPendingForNode: ptr(false),
 		PendingForNode:      ptr(0),
-		RateLimited:         ptr(false),
 	}
 }
 
+// evaluate inspects and decides a CSR, as every caller of the engine does; a
+// nil policy is the default one.
+func evaluate(p *config.Effective, csr *certificatesv1.CertificateSigningRequest, facts Facts) Decision {
+	if p == nil {
+		p = config.Default()
+	}
+	return Decide(p, Inspect(p, csr), facts)
+}
+
 // policyWith returns the default policy changed by f and completed.
-func policyWith(t testing.TB, f func(*config.Spec)) *config.Policy {
+func policyWith(t testing.TB, f func(*config.Spec)) *config.Effective {
 	t.Helper()
-	p := config.Default()
+	p := &config.Policy{APIVersion: config.APIVersion, Kind: config.Kind}
 	if f != nil {
 		f(&p.Spec)
 	}
-	if err := p.Complete(); err != nil {
+	e, err := config.Compile(p)
+	if err != nil {
 		t.Fatalf("policy: %v", err)
 	}
-	return p
+	return e
 }
 
 // SubjectPublicKeyInfos crypto/x509 cannot marshal.
@@ -155,3 +165,6 @@ func secp256k1SPKI() []byte {
 func unknownSPKI() []byte {
 	return spki(pkix.AlgorithmIdentifier{Algorithm: oidUnknownKey}, []byte{1, 2, 3, 4})
 }
+
+// now is the fixed time the heartbeat cases are decided at.
+var now = time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC)

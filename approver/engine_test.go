@@ -14,6 +14,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	certificatesv1 "k8s.io/api/certificates/v1"
 
@@ -100,7 +101,7 @@ func evalCases() map[string]evalCase {
 		"bootstrap for an existing node when allowExistingNode": {
 			opts:        []csrtest.Option{bootstrap("abcdef")},
 			policy:      func(s *config.Spec) { s.Bootstrap.AllowExistingNode = true },
-			facts:       &Facts{Authorized: ptr(true), NodeExists: ptr(true), NewerPendingForNode: ptr(false), PendingForNode: ptr(0), RateLimited: ptr(false)},
+			facts:       &Facts{Authorized: ptr(true), NodeExists: ptr(true), NewerPendingForNode: ptr(false), PendingForNode: ptr(0)},
 			wantVerdict: Approve, wantReason: ReasonBootstrapApproved, wantPath: PathBootstrap,
 		},
 		"bootstrap without rate limit needs no RateLimited fact": {
@@ -188,24 +189,6 @@ func evalCases() map[string]evalCase {
 			facts:       &Facts{NodeExists: ptr(true), NewerPendingForNode: ptr(false), PendingForNode: ptr(0)},
 			wantVerdict: Ignore, wantReason: ReasonFactsIncomplete, wantPath: PathRenewal,
 			wantSkipped: []string{CheckAuthorized},
-		},
-		"bootstrap rate limit not gathered": {
-			opts:        []csrtest.Option{bootstrap("abcdef")},
-			facts:       &Facts{Authorized: ptr(true), NodeExists: ptr(false), NewerPendingForNode: ptr(false), PendingForNode: ptr(0)},
-			wantVerdict: Ignore, wantReason: ReasonFactsIncomplete, wantPath: PathBootstrap,
-			wantSkipped: []string{CheckRateLimited},
-		},
-		"rate limited": {
-			opts:        []csrtest.Option{bootstrap("abcdef")},
-			facts:       &Facts{Authorized: ptr(true), NodeExists: ptr(false), NewerPendingForNode: ptr(false), PendingForNode: ptr(0), RateLimited: ptr(true)},
-			wantVerdict: Ignore, wantReason: ReasonRateLimited, wantPath: PathBootstrap,
-			wantViolations: []string{ReasonRateLimited},
-		},
-		"rate limited but hopeless is denied": {
-			opts:        []csrtest.Option{bootstrap("abcdef"), withDNSSAN("x.example.com")},
-			facts:       &Facts{Authorized: ptr(true), NodeExists: ptr(false), NewerPendingForNode: ptr(false), PendingForNode: ptr(0), RateLimited: ptr(true)},
-			wantVerdict: Deny, wantReason: ReasonSANsNotAllowed, wantPath: PathBootstrap,
-			wantViolations: []string{ReasonSANsNotAllowed, ReasonRateLimited},
 		},
 		"violation left pending": {
 			opts:        []csrtest.Option{withUsages(certificatesv1.UsageServerAuth)},
@@ -635,25 +618,90 @@ func evalCases() map[string]evalCase {
 		},
 		"bootstrap not authorized": {
 			opts:        []csrtest.Option{bootstrap("abcdef")},
-			facts:       &Facts{Authorized: ptr(false), NodeExists: ptr(false), NewerPendingForNode: ptr(false), PendingForNode: ptr(0), RateLimited: ptr(false)},
+			facts:       &Facts{Authorized: ptr(false), NodeExists: ptr(false), NewerPendingForNode: ptr(false), PendingForNode: ptr(0)},
 			wantVerdict: Deny, wantReason: ReasonNotAuthorized, wantPath: PathBootstrap,
 			wantMessage: "certificatesigningrequests/nodeclient",
 		},
 		"bootstrap takeover of an existing node": {
 			opts:        []csrtest.Option{bootstrap("abcdef"), withNodeName("control-plane-1")},
-			facts:       &Facts{Authorized: ptr(true), NodeExists: ptr(true), NewerPendingForNode: ptr(false), PendingForNode: ptr(0), RateLimited: ptr(false)},
+			facts:       &Facts{Authorized: ptr(true), NodeExists: ptr(true), NodeHeartbeat: ptr(now.Add(-time.Second)), NewerPendingForNode: ptr(false), PendingForNode: ptr(0), Now: now},
 			wantVerdict: Deny, wantReason: ReasonNodeAlreadyExists, wantPath: PathBootstrap,
 			wantMessage: "takeover",
 		},
-		"bootstrap takeover denied without the other facts": {
+		"bootstrap takeover denied without the other facts when recovery is off": {
 			opts:        []csrtest.Option{bootstrap("abcdef"), withNodeName("control-plane-1")},
+			policy:      func(s *config.Spec) { s.Bootstrap.Recovery.Enabled = ptr(false) },
 			facts:       &Facts{NodeExists: ptr(true)},
 			wantVerdict: Deny, wantReason: ReasonNodeAlreadyExists, wantPath: PathBootstrap,
 			wantSkipped: []string{CheckAuthorized},
 		},
-		"renewal for a missing node": {
+		"bootstrap for an existing node needs its heartbeat": {
+			opts:        []csrtest.Option{bootstrap("abcdef"), withNodeName("worker-7")},
+			facts:       &Facts{Authorized: ptr(true), NodeExists: ptr(true), NewerPendingForNode: ptr(false), PendingForNode: ptr(0), Now: now},
+			wantVerdict: Ignore, wantReason: ReasonFactsIncomplete, wantPath: PathBootstrap,
+			wantSkipped: []string{CheckNodeExists},
+		},
+		"bootstrap for a live node is a takeover": {
+			opts:        []csrtest.Option{bootstrap("abcdef"), withNodeName("worker-7")},
+			facts:       &Facts{Authorized: ptr(true), NodeExists: ptr(true), NodeHeartbeat: ptr(now.Add(-12 * time.Second)), NewerPendingForNode: ptr(false), PendingForNode: ptr(0), Now: now},
+			wantVerdict: Deny, wantReason: ReasonNodeAlreadyExists, wantPath: PathBootstrap,
+			wantMessage: "alive 12s ago",
+		},
+		"bootstrap for a node gone longer than staleAfterSeconds recovers": {
+			opts:        []csrtest.Option{bootstrap("abcdef"), withNodeName("worker-7")},
+			facts:       &Facts{Authorized: ptr(true), NodeExists: ptr(true), NodeHeartbeat: ptr(now.Add(-3 * time.Hour)), NewerPendingForNode: ptr(false), PendingForNode: ptr(0), Now: now},
+			wantVerdict: Approve, wantReason: ReasonRecoveryApproved, wantPath: PathBootstrap,
+			wantMessage: "last heartbeat was 3h0m0s ago",
+		},
+		"recovery honours staleAfterSeconds": {
+			opts:        []csrtest.Option{bootstrap("abcdef"), withNodeName("worker-7")},
+			policy:      func(s *config.Spec) { s.Bootstrap.Recovery.StaleAfterSeconds = ptr[int32](4 * 3600) },
+			facts:       &Facts{Authorized: ptr(true), NodeExists: ptr(true), NodeHeartbeat: ptr(now.Add(-3 * time.Hour)), NewerPendingForNode: ptr(false), PendingForNode: ptr(0), Now: now},
+			wantVerdict: Deny, wantReason: ReasonNodeAlreadyExists, wantPath: PathBootstrap,
+		},
+		"recovery off: a stale node is still refused": {
+			opts:        []csrtest.Option{bootstrap("abcdef"), withNodeName("worker-7")},
+			policy:      func(s *config.Spec) { s.Bootstrap.Recovery.Enabled = ptr(false) },
+			facts:       &Facts{Authorized: ptr(true), NodeExists: ptr(true), NodeHeartbeat: ptr(now.Add(-3 * time.Hour)), NewerPendingForNode: ptr(false), PendingForNode: ptr(0), Now: now},
+			wantVerdict: Deny, wantReason: ReasonNodeAlreadyExists, wantPath: PathBootstrap,
+		},
+		"a bound token may re-admit a live node when its binding allows it": {
+			opts: []csrtest.Option{bootstrap("abcdef"), withNodeName("gpu-1")},
+			policy: func(s *config.Spec) {
+				s.Bootstrap.TokenBindings = []config.TokenBinding{{TokenID: "abcdef", NodeNames: []string{"gpu-[0-9]+"}, AllowExistingNode: true}}
+			},
+			facts:       &Facts{Authorized: ptr(true), NodeExists: ptr(true), NodeHeartbeat: ptr(now), NewerPendingForNode: ptr(false), PendingForNode: ptr(0), Now: now},
+			wantVerdict: Approve, wantReason: ReasonRecoveryApproved, wantPath: PathBootstrap,
+			wantMessage: "allowExistingNode",
+		},
+		"a bound token without allowExistingNode may not take a live node": {
+			opts: []csrtest.Option{bootstrap("abcdef"), withNodeName("gpu-1")},
+			policy: func(s *config.Spec) {
+				s.Bootstrap.TokenBindings = []config.TokenBinding{{TokenID: "abcdef", NodeNames: []string{"gpu-[0-9]+"}}}
+			},
+			facts:       &Facts{Authorized: ptr(true), NodeExists: ptr(true), NodeHeartbeat: ptr(now), NewerPendingForNode: ptr(false), PendingForNode: ptr(0), Now: now},
+			wantVerdict: Deny, wantReason: ReasonNodeAlreadyExists, wantPath: PathBootstrap,
+		},
+		"a bootstrap user is recognised by name": {
+			opts:        []csrtest.Option{withUsername("kubelet"), withGroups("system:authenticated")},
+			policy:      func(s *config.Spec) { s.Bootstrap.Users = []string{"kubelet"} },
+			wantVerdict: Approve, wantReason: ReasonBootstrapApproved, wantPath: PathBootstrap,
+		},
+		"a user not named in bootstrap.users is unrecognized": {
+			opts:        []csrtest.Option{withUsername("kubelet"), withGroups("system:authenticated")},
+			wantVerdict: Deny, wantReason: ReasonUnrecognizedRequester, wantPath: PathUnknown,
+			wantMessage: "bootstrap.users",
+		},
+		"renewal for a node not registered yet waits": {
 			facts:       &Facts{Authorized: ptr(true), NodeExists: ptr(false), NewerPendingForNode: ptr(false), PendingForNode: ptr(0)},
-			wantVerdict: Deny, wantReason: ReasonNodeNotFound, wantPath: PathRenewal,
+			wantVerdict: Ignore, wantReason: ReasonWaitingForNode, wantPath: PathRenewal,
+			wantMessage: "decided when the Node appears",
+		},
+		"renewal waiting for its node is still denied for a violation": {
+			opts:        []csrtest.Option{withDNSSAN("x.example")},
+			facts:       &Facts{Authorized: ptr(true), NodeExists: ptr(false), NewerPendingForNode: ptr(false), PendingForNode: ptr(0)},
+			wantVerdict: Deny, wantReason: ReasonSANsNotAllowed, wantPath: PathRenewal,
+			wantViolations: []string{ReasonSANsNotAllowed},
 		},
 		"superseded by a newer CSR": {
 			facts:       &Facts{Authorized: ptr(true), NodeExists: ptr(true), NewerPendingForNode: ptr(true), PendingForNode: ptr(0)},
@@ -692,12 +740,12 @@ func evalCases() map[string]evalCase {
 				s.Lifetime.MaxExpirationSeconds = 3600
 				s.NodeNames.Denied = []string{"control-plane-.*"}
 			},
-			facts:       &Facts{Authorized: ptr(false), NodeExists: ptr(true), NewerPendingForNode: ptr(true), PendingForNode: ptr(5), RateLimited: ptr(true)},
+			facts:       &Facts{Authorized: ptr(false), NodeExists: ptr(true), NodeHeartbeat: ptr(now), NewerPendingForNode: ptr(true), PendingForNode: ptr(5), Now: now},
 			wantVerdict: Deny, wantReason: ReasonInvalidOrganization, wantPath: PathBootstrap,
 			wantViolations: []string{
 				ReasonInvalidOrganization, ReasonExtraSubjectAttributes, ReasonSANsNotAllowed, ReasonInvalidUsages,
 				ReasonLifetimeTooLong, ReasonNodeNameDenied, ReasonNotAuthorized, ReasonNodeAlreadyExists,
-				ReasonSuperseded, ReasonRateLimited,
+				ReasonSuperseded,
 			},
 			wantMessage: "(also: ExtraSubjectAttributes, SANsNotAllowed, InvalidUsages, LifetimeTooLong, NodeNameDenied, NotAuthorized, NodeAlreadyExists, Superseded)",
 		},
@@ -734,7 +782,7 @@ func TestEvaluate(t *testing.T) {
 			case tc.facts != nil:
 				facts = *tc.facts
 			}
-			d := Evaluate(Input{Policy: p, CSR: csr, Facts: facts})
+			d := evaluate(p, csr, facts)
 			seen[d.Reason] = true
 			for _, v := range d.Violations {
 				seen[v.Reason] = true
@@ -758,17 +806,14 @@ func TestEvaluate(t *testing.T) {
 				t.Errorf("message %q does not contain %q", d.Message, tc.wantMessage)
 			}
 			checkInvariants(t, p, csr, d)
-			if got := RequestPath(p, csr); got != d.Path && d.Reason != ReasonNotKubeletClientSigner && d.Reason != ReasonAlreadyDecided {
-				t.Errorf("RequestPath %q, Decision.Path %q", got, d.Path)
-			}
 		})
 	}
 	if ran != len(cases) {
 		return // filtered with -run
 	}
 	for _, r := range AllReasons() {
-		if r == ReasonInvalidPolicy || r == ReasonInternalError {
-			continue // TestEvaluateInvalidPolicy; unreachable
+		if r == ReasonInternalError || r == ReasonRateLimited {
+			continue // unreachable; the reconciler's throttle (reconciler_test.go)
 		}
 		if !seen[r] {
 			t.Errorf("reason %s has no case", r)
@@ -785,7 +830,7 @@ func reasons(cs []Check) []string {
 }
 
 // checkInvariants holds for every decision.
-func checkInvariants(t *testing.T, p *config.Policy, csr *certificatesv1.CertificateSigningRequest, d Decision) {
+func checkInvariants(t *testing.T, p *config.Effective, csr *certificatesv1.CertificateSigningRequest, d Decision) {
 	t.Helper()
 	if d.Reason == "" || d.Message == "" {
 		t.Errorf("empty reason or message: %+v", d)
@@ -793,11 +838,11 @@ func checkInvariants(t *testing.T, p *config.Policy, csr *certificatesv1.Certifi
 	if d.Verdict == Approve && (len(d.Violations) > 0 || len(d.Skipped) > 0) {
 		t.Errorf("approved with violations %v or skipped %v", reasons(d.Violations), d.Skipped)
 	}
-	if len(d.Violations) > 0 && d.Violations[0].Reason != ReasonRateLimited && d.Reason != d.Violations[0].Reason {
+	if len(d.Violations) > 0 && d.Reason != d.Violations[0].Reason {
 		t.Errorf("reason %s is not the first violation %s", d.Reason, d.Violations[0].Reason)
 	}
 	for i := 1; i < len(d.Violations); i++ {
-		if rank[d.Violations[i-1].Reason] > rank[d.Violations[i].Reason] {
+		if ruleIndex[d.Violations[i-1].Name] > ruleIndex[d.Violations[i].Name] {
 			t.Errorf("violations out of priority order: %v", reasons(d.Violations))
 		}
 	}
@@ -837,7 +882,7 @@ func checkInvariants(t *testing.T, p *config.Policy, csr *certificatesv1.Certifi
 		if d.NodeName == "" || d.KeyAlgorithm == "" || d.PublicKeySHA256 == "" || d.Path == PathUnknown {
 			t.Errorf("approval without node name, key or path: %+v", d)
 		}
-		if p.EffectiveOnViolation() == "" {
+		if p.OnViolation == "" {
 			t.Error("no onViolation")
 		}
 	}
@@ -868,7 +913,7 @@ func TestEvaluateKeyAlgorithm(t *testing.T) {
 	}
 	for name, tc := range cases {
 		t.Run(name, func(t *testing.T) {
-			d := Evaluate(Input{CSR: newCSR(tc.opt)})
+			d := evaluate(nil, newCSR(tc.opt), Facts{})
 			if d.KeyAlgorithm != tc.want {
 				t.Errorf("KeyAlgorithm %q, want %q", d.KeyAlgorithm, tc.want)
 			}
@@ -879,36 +924,11 @@ func TestEvaluateKeyAlgorithm(t *testing.T) {
 	}
 }
 
-func TestEvaluateNilInputs(t *testing.T) {
-	if d := Evaluate(Input{}); d.Verdict != Ignore {
-		t.Errorf("nil CSR: %+v", d)
-	}
-	d := Evaluate(Input{CSR: newCSR(), Facts: goodFacts(PathRenewal)})
-	if d.Verdict != Approve || d.PolicyDigest != config.Default().Digest() {
-		t.Errorf("nil policy should be the default policy: %+v", d)
-	}
-}
-
-func TestEvaluateInvalidPolicy(t *testing.T) {
-	p := &config.Policy{APIVersion: config.APIVersion, Kind: config.Kind}
-	p.Spec.NodeNames.Denied = []string{"("}
-	d := Evaluate(Input{Policy: p, CSR: newCSR(), Facts: goodFacts(PathRenewal)})
-	if d.Verdict != Ignore || d.Reason != ReasonInvalidPolicy {
-		t.Errorf("got %s/%s, want Ignore/InvalidPolicy", d.Verdict, d.Reason)
-	}
-}
-
-// A policy built in code without Complete still works, with defaults.
-func TestEvaluateUncompletedPolicy(t *testing.T) {
-	p := &config.Policy{}
-	p.Spec.NodeNames.Denied = []string{"worker-.*"}
-	d := Evaluate(Input{Policy: p, CSR: newCSR(), Facts: goodFacts(PathRenewal)})
-	if d.Reason != ReasonNodeNameDenied {
-		t.Errorf("got %s, want NodeNameDenied", d.Reason)
-	}
-	d = Evaluate(Input{Policy: &config.Policy{}, CSR: newCSR(), Facts: goodFacts(PathRenewal)})
-	if d.Verdict != Approve {
-		t.Errorf("got %s/%s, want Approve", d.Verdict, d.Reason)
+// The default policy approves a stock kubelet's renewal.
+func TestDefaultPolicy(t *testing.T) {
+	d := evaluate(nil, newCSR(), goodFacts(PathRenewal))
+	if d.Verdict != Approve || d.PolicyDigest != config.Default().Digest {
+		t.Errorf("default policy: %+v", d)
 	}
 }
 
@@ -916,13 +936,13 @@ func TestEvaluateDoesNotModifyInput(t *testing.T) {
 	csr := newCSR(withDNSSAN("x"))
 	before := csr.DeepCopy()
 	p := config.Default()
-	digest := p.Digest()
-	Evaluate(Input{Policy: p, CSR: csr})
+	digest := p.Digest
+	evaluate(p, csr, Facts{})
 	if !equalCSR(before, csr) {
-		t.Error("Evaluate modified the CSR")
+		t.Error("Decide modified the CSR")
 	}
-	if p.Digest() != digest {
-		t.Error("Evaluate modified the policy")
+	if p.Digest != digest {
+		t.Error("Decide modified the policy")
 	}
 }
 
@@ -945,7 +965,7 @@ func TestMessagesAreBounded(t *testing.T) {
 	}
 	for name, opts := range cases {
 		t.Run(name, func(t *testing.T) {
-			d := Evaluate(Input{CSR: newCSR(opts...), Facts: goodFacts(PathBootstrap)})
+			d := evaluate(nil, newCSR(opts...), goodFacts(PathBootstrap))
 			for _, c := range append(d.Checks, Check{Message: d.Message}) {
 				if len(c.Message) > 600 {
 					t.Errorf("%s: message of %d bytes", c.Name, len(c.Message))
@@ -958,27 +978,27 @@ func TestMessagesAreBounded(t *testing.T) {
 	}
 }
 
-func TestRequestPath(t *testing.T) {
+func TestInspectPath(t *testing.T) {
 	p := config.Default()
+	users := policyWith(t, func(s *config.Spec) { s.Bootstrap.Users = []string{"kubelet"} })
 	cases := map[string]struct {
-		csr  *certificatesv1.CertificateSigningRequest
-		want Path
+		csr    *certificatesv1.CertificateSigningRequest
+		policy *config.Effective
+		want   Path
 	}{
-		"renewal":                 {newCSR(), PathRenewal},
-		"bootstrap":               {newCSR(bootstrap("abcdef")), PathBootstrap},
-		"node for another node":   {newCSR(withNodeName("b"), withUsername("system:node:a")), PathUnknown},
-		"node with a bad request": {newCSR(withRequest([]byte("junk"))), PathUnknown},
-		"bootstrapper with junk":  {newCSR(bootstrap("abcdef"), withRequest([]byte("junk"))), PathBootstrap},
-		"user":                    {newCSR(withUsername("alice"), withGroups("devs")), PathUnknown},
-		"nil":                     {nil, PathUnknown},
+		"renewal":                 {newCSR(), p, PathRenewal},
+		"bootstrap":               {newCSR(bootstrap("abcdef")), p, PathBootstrap},
+		"node for another node":   {newCSR(withNodeName("b"), withUsername("system:node:a")), p, PathUnknown},
+		"node with a bad request": {newCSR(withRequest([]byte("junk"))), p, PathUnknown},
+		"bootstrapper with junk":  {newCSR(bootstrap("abcdef"), withRequest([]byte("junk"))), p, PathBootstrap},
+		"user":                    {newCSR(withUsername("alice"), withGroups("devs")), p, PathUnknown},
+		"bootstrap user":          {newCSR(withUsername("kubelet"), withGroups("devs")), users, PathBootstrap},
+		"other user":              {newCSR(withUsername("alice"), withGroups("devs")), users, PathUnknown},
 	}
 	for name, tc := range cases {
 		t.Run(name, func(t *testing.T) {
-			if got := RequestPath(p, tc.csr); got != tc.want {
-				t.Errorf("RequestPath = %q, want %q", got, tc.want)
-			}
-			if got := RequestPath(nil, tc.csr); got != tc.want {
-				t.Errorf("RequestPath(nil policy) = %q, want %q", got, tc.want)
+			if got := Inspect(tc.policy, tc.csr).Path; got != tc.want {
+				t.Errorf("Path = %q, want %q", got, tc.want)
 			}
 		})
 	}
@@ -1020,7 +1040,9 @@ func TestNodeNameOf(t *testing.T) {
 	}
 }
 
-func TestPriorityAndReasons(t *testing.T) {
+// The rule table is consistent: unique names and reasons, every reason
+// known, a field for every rule, only fact rules need facts.
+func TestRuleTable(t *testing.T) {
 	seen := map[string]bool{}
 	for _, r := range AllReasons() {
 		if seen[r] {
@@ -1028,15 +1050,26 @@ func TestPriorityAndReasons(t *testing.T) {
 		}
 		seen[r] = true
 	}
-	for _, r := range Priority() {
-		if !seen[r] {
-			t.Errorf("priority reason %s not in AllReasons", r)
+	names := map[string]bool{}
+	for _, r := range Rules() {
+		if names[r.Name] {
+			t.Errorf("rule %s twice", r.Name)
+		}
+		names[r.Name] = true
+		if len(r.Reasons) == 0 || r.Field == "" || r.check == nil {
+			t.Errorf("rule %s lacks reasons, field or check", r.Name)
+		}
+		if r.Deferred && r.Needs != 0 {
+			t.Errorf("rule %s: only static rules are deferred", r.Name)
+		}
+		if got, ok := RuleFor(r.Name); !ok || got.Name != r.Name {
+			t.Errorf("RuleFor(%s) = %v, %v", r.Name, got.Name, ok)
 		}
 	}
-	pr := Priority()
-	pr[0] = "changed"
-	if Priority()[0] == "changed" {
-		t.Error("Priority returns shared state")
+	rs := Rules()
+	rs[0].Name = "changed"
+	if Rules()[0].Name == "changed" {
+		t.Error("Rules returns shared state")
 	}
 }
 
@@ -1051,42 +1084,64 @@ func TestReasonsDocumented(t *testing.T) {
 			t.Errorf("docs/reasons.md does not mention `%s`", r)
 		}
 	}
-	for i, r := range Priority() {
-		if row := fmt.Sprintf("| %d | `%s` |", i+1, r); !bytes.Contains(doc, []byte(row)) {
-			t.Errorf("docs/reasons.md lacks the priority row %q", row)
+	i := 0
+	for _, rule := range Rules() {
+		if rule.Gate {
+			continue
+		}
+		for _, r := range rule.Reasons {
+			i++
+			if row := fmt.Sprintf("| %d | `%s` | %s |", i, r, rule.Name); !bytes.Contains(doc, []byte(row)) {
+				t.Errorf("docs/reasons.md lacks the priority row %q", row)
+			}
 		}
 	}
 }
 
-func TestEvaluateReusesAnEarlierParseOnlyForTheSameRequest(t *testing.T) {
-	facts := Facts{Authorized: ptr(true), NodeExists: ptr(true), NewerPendingForNode: ptr(false), PendingForNode: ptr(0), RateLimited: ptr(false)}
-	good := csrtest.Build()
-	first := Evaluate(Input{CSR: good})
-	if first.Parsed == nil {
-		t.Fatal("no Parsed to hand on")
+// The reconciler's two passes over one inspected request verify the
+// signature once: the second pass reuses the first's verdict.
+func TestSignatureVerifiedOncePerRequest(t *testing.T) {
+	facts := Facts{Authorized: ptr(true), NodeExists: ptr(true), NewerPendingForNode: ptr(false), PendingForNode: ptr(0)}
+	p := config.Default()
+	r := Inspect(p, csrtest.Build())
+	if d := Decide(p, r, Facts{}); d.Reason != ReasonFactsIncomplete {
+		t.Fatalf("static pass: %s %s", d.Verdict, d.Reason)
 	}
-	if d := Evaluate(Input{CSR: good, Facts: facts, Parsed: first.Parsed}); d.Verdict != Approve {
-		t.Fatalf("with the reused parse: %s %s", d.Verdict, d.Reason)
+	// Were the signature checked again, this would now fail it.
+	r.req.cr.Signature = []byte("not a signature")
+	if d := Decide(p, r, facts); d.Verdict != Approve {
+		t.Fatalf("second pass: %s %s (%s)", d.Verdict, d.Reason, d.Message)
 	}
-	// A handle from another request is not trusted: the bad signature is found.
+	// A fresh inspection does check it.
 	bad := csrtest.Build(csrtest.SignedByOtherKey())
-	if d := Evaluate(Input{CSR: bad, Facts: facts, Parsed: first.Parsed}); d.Reason != ReasonInvalidSignature {
-		t.Fatalf("a foreign Parsed hid a bad signature: %s %s", d.Verdict, d.Reason)
-	}
-	// A bad signature found once stays found on the second pass.
-	badFirst := Evaluate(Input{CSR: bad})
-	if d := Evaluate(Input{CSR: bad, Facts: facts, Parsed: badFirst.Parsed}); d.Reason != ReasonInvalidSignature {
-		t.Fatalf("second pass: %s %s", d.Verdict, d.Reason)
+	if d := evaluate(p, bad, facts); d.Reason != ReasonInvalidSignature {
+		t.Fatalf("bad signature: %s %s", d.Verdict, d.Reason)
 	}
 }
 
-func BenchmarkEvaluateSecondPass(b *testing.B) {
-	facts := Facts{Authorized: ptr(true), NodeExists: ptr(true), NewerPendingForNode: ptr(false), PendingForNode: ptr(0), RateLimited: ptr(false)}
-	csr := csrtest.Build()
-	first := Evaluate(Input{CSR: csr})
+// A hopeless CSR costs no signature check: the signature rule is deferred
+// and skipped when another static rule fails.
+func TestHopelessCSRCostsNoSignatureCheck(t *testing.T) {
+	d := evaluate(nil, csrtest.Build(csrtest.SignedByOtherKey(), csrtest.WithDNSSAN("x.example")), Facts{})
+	c, ok := d.Check(CheckSignature)
+	if d.Reason != ReasonSANsNotAllowed || !ok || c.Result != Skipped {
+		t.Fatalf("got %s, signature check %+v", d.Reason, c)
+	}
+}
+
+// The reconciler's pipeline on an approvable CSR: inspect once, decide
+// statically, decide with the facts. Compare with BenchmarkEvaluate: the
+// second decision adds no signature verification.
+func BenchmarkReconcilePipeline(b *testing.B) {
+	facts := Facts{Authorized: ptr(true), NodeExists: ptr(true), NewerPendingForNode: ptr(false), PendingForNode: ptr(0)}
+	p, csr := config.Default(), csrtest.Build()
 	b.ReportAllocs()
 	for b.Loop() {
-		if d := Evaluate(Input{CSR: csr, Facts: facts, Parsed: first.Parsed}); d.Verdict != Approve {
+		r := Inspect(p, csr)
+		if d := Decide(p, r, Facts{}); d.Reason != ReasonFactsIncomplete {
+			b.Fatal(d.Reason)
+		}
+		if d := Decide(p, r, facts); d.Verdict != Approve {
 			b.Fatal(d.Reason)
 		}
 	}

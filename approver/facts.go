@@ -9,11 +9,86 @@ import (
 	"golang.org/x/time/rate"
 	authorizationv1 "k8s.io/api/authorization/v1"
 	certificatesv1 "k8s.io/api/certificates/v1"
+	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/utils/clock"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 )
+
+// FactGatherer collects the cluster facts a decision still needs. The
+// reconciler's is cache-backed, explain's asks the API server, the webhook's
+// reads only its cache.
+type FactGatherer interface {
+	// Gather returns the facts in need that it can gather for r; a fact
+	// it has no source for stays nil. An error is a *FactError.
+	Gather(ctx context.Context, r *Request, need Fact) (Facts, error)
+}
+
+// FactError is a failure to gather one fact.
+type FactError struct {
+	Fact Fact
+	Err  error
+}
+
+func (e *FactError) Error() string { return e.Err.Error() }
+func (e *FactError) Unwrap() error { return e.Err }
+
+// Gatherer is the FactGatherer: each source answers its facts, and a nil
+// source leaves them ungathered (Decide then says FactsIncomplete). Only the
+// facts asked for are gathered: a hopeless CSR costs no API call, and the
+// heartbeat is looked up only for a bootstrap request whose Node exists.
+type Gatherer struct {
+	// Authorizer runs the SubjectAccessReview (FactAuthorized).
+	Authorizer Authorizer
+	// Nodes tells whether a Node exists (FactNode).
+	Nodes NodeLookup
+	// Heartbeats tells when an existing Node last heartbeated
+	// (FactHeartbeat).
+	Heartbeats HeartbeatLookup
+	// Pending looks at the other CSRs for the node (FactPending).
+	Pending PendingLookup
+	// Clock stamps Facts.Now.
+	Clock clock.PassiveClock
+}
+
+// Gather implements FactGatherer.
+func (g *Gatherer) Gather(ctx context.Context, r *Request, need Fact) (Facts, error) {
+	f := Facts{Now: g.Clock.Now()}
+	if need.Has(FactAuthorized) && g.Authorizer != nil && r.Path != PathUnknown {
+		allowed, err := g.Authorizer.Authorize(ctx, r.CSR, SubresourceFor(r.Path))
+		if err != nil {
+			return f, &FactError{Fact: FactAuthorized, Err: err}
+		}
+		f.Authorized = &allowed
+	}
+	if r.NodeName == "" {
+		return f, nil
+	}
+	if need.Has(FactNode) && g.Nodes != nil {
+		exists, err := g.Nodes.NodeExists(ctx, r.NodeName)
+		if err != nil {
+			return f, &FactError{Fact: FactNode, Err: err}
+		}
+		f.NodeExists = &exists
+		if exists && need.Has(FactHeartbeat) && g.Heartbeats != nil {
+			hb, err := g.Heartbeats.LastHeartbeat(ctx, r.NodeName)
+			if err != nil {
+				return f, &FactError{Fact: FactHeartbeat, Err: err}
+			}
+			f.NodeHeartbeat = &hb
+		}
+	}
+	if need.Has(FactPending) && g.Pending != nil {
+		newer, older, err := g.Pending.PendingAround(ctx, r.CSR, r.NodeName)
+		if err != nil {
+			return f, &FactError{Fact: FactPending, Err: err}
+		}
+		f.NewerPendingForNode, f.PendingForNode = &newer, &older
+	}
+	return f, nil
+}
 
 // Authorizer answers whether a CSR's requester may create the given
 // certificatesigningrequests subresource (nodeclient or selfnodeclient).
@@ -77,6 +152,82 @@ func (n CachedNodes) NodeExists(ctx context.Context, name string) (bool, error) 
 	}
 }
 
+// HeartbeatLookup answers when an existing Node last showed its kubelet
+// alive.
+type HeartbeatLookup interface {
+	LastHeartbeat(ctx context.Context, name string) (time.Time, error)
+}
+
+// NodeLeaseNamespace holds the kubelets' heartbeat Leases.
+const NodeLeaseNamespace = corev1.NamespaceNodeLease
+
+// LeaseHeartbeats reads the node's Lease in kube-node-lease (renewed every
+// 10 s by a live kubelet), falling back to the Node's creation time for a
+// Node without a Lease. It reads the API server directly: the lookup is
+// needed only for a bootstrap request for an existing Node, and watching
+// every Lease would cost a watch event per node every 10 s.
+type LeaseHeartbeats struct {
+	// Leases reads kube-node-lease (the API server, not a cache).
+	Leases client.Reader
+	// Nodes reads Node metadata (the controller's cache).
+	Nodes client.Reader
+}
+
+// LastHeartbeat implements HeartbeatLookup.
+func (h LeaseHeartbeats) LastHeartbeat(ctx context.Context, name string) (time.Time, error) {
+	lease := &coordinationv1.Lease{}
+	err := h.Leases.Get(ctx, client.ObjectKey{Namespace: NodeLeaseNamespace, Name: name}, lease)
+	switch {
+	case err == nil && lease.Spec.RenewTime != nil:
+		return lease.Spec.RenewTime.Time, nil
+	case err != nil && !apierrors.IsNotFound(err):
+		return time.Time{}, fmt.Errorf("failed to read the Lease of node %q: %w", name, err)
+	}
+	node := NodeMetadata()
+	if err := h.Nodes.Get(ctx, client.ObjectKey{Name: name}, node); err != nil {
+		return time.Time{}, fmt.Errorf("failed to read node %q: %w", name, err)
+	}
+	return node.GetCreationTimestamp().Time, nil
+}
+
+// PendingLookup looks at the other CSRs for the same node name from the
+// same requester: whether a newer one supersedes this one, and how many
+// older ones are pending.
+type PendingLookup interface {
+	PendingAround(ctx context.Context, csr *certificatesv1.CertificateSigningRequest, node string) (newer bool, older int, err error)
+}
+
+// IndexedPending reads the cache's CSRs through the IndexNodeName index.
+type IndexedPending struct {
+	Reader client.Reader
+}
+
+// PendingAround implements PendingLookup.
+func (p IndexedPending) PendingAround(ctx context.Context, csr *certificatesv1.CertificateSigningRequest, node string) (bool, int, error) {
+	var list certificatesv1.CertificateSigningRequestList
+	if err := p.Reader.List(ctx, &list, client.MatchingFields{IndexNodeName: node}); err != nil {
+		return false, 0, fmt.Errorf("failed to list pending CSRs for node %q: %w", node, err)
+	}
+	newer, older := PendingAround(csr, node, list.Items)
+	return newer, older, nil
+}
+
+// ListedPending lists the kubelet client CSRs from the API server (for
+// explain, which has no cache).
+type ListedPending struct {
+	Reader client.Reader
+}
+
+// PendingAround implements PendingLookup.
+func (p ListedPending) PendingAround(ctx context.Context, csr *certificatesv1.CertificateSigningRequest, node string) (bool, int, error) {
+	var list certificatesv1.CertificateSigningRequestList
+	if err := p.Reader.List(ctx, &list, client.MatchingFields{"spec.signerName": KubeletClientSigner}); err != nil {
+		return false, 0, fmt.Errorf("failed to list kubelet client CSRs: %w", err)
+	}
+	newer, older := PendingAround(csr, node, list.Items)
+	return newer, older, nil
+}
+
 // NodeMetadata is an empty metadata-only Node, the type the cache holds.
 func NodeMetadata() *metav1.PartialObjectMetadata {
 	m := &metav1.PartialObjectMetadata{}
@@ -123,18 +274,6 @@ func newerThan(a, b *certificatesv1.CertificateSigningRequest) bool {
 		return b.CreationTimestamp.Before(&a.CreationTimestamp)
 	}
 	return a.Name > b.Name
-}
-
-// pendingFacts looks at the other CSRs for the same node name from the same
-// requester in the cache: whether a newer one supersedes this one, and how
-// many older ones are pending.
-func pendingFacts(ctx context.Context, r client.Reader, csr *certificatesv1.CertificateSigningRequest, node string) (newer bool, older int, err error) {
-	var list certificatesv1.CertificateSigningRequestList
-	if err := r.List(ctx, &list, client.MatchingFields{IndexNodeName: node}); err != nil {
-		return false, 0, fmt.Errorf("failed to list pending CSRs for node %q: %w", node, err)
-	}
-	newer, older = PendingAround(csr, node, list.Items)
-	return newer, older, nil
 }
 
 // PendingAround looks through others for CSRs for the same node name from the

@@ -26,11 +26,12 @@ import (
 
 var updateSeeds = flag.Bool("update-fuzz-seeds", false, "rewrite testdata/fuzz/FuzzEvaluate from csrtest")
 
-// FuzzEvaluate feeds arbitrary requests and requesters to Evaluate with
-// every fact favourable, so that anything the checks let through would be
-// approved. It asserts that Evaluate never panics, is deterministic, agrees
-// with RequestPath and NodeNameOf, and never approves anything that an
-// independent re-check finds ill-formed.
+// FuzzEvaluate feeds arbitrary requests and requesters to Inspect and Decide
+// with every fact favourable, so that anything the checks let through would
+// be approved. It asserts that they never panic, are deterministic (a second
+// Decide of the same Request and a fresh Inspect agree), agree with
+// NodeNameOf, and never approve anything that an independent re-check finds
+// ill-formed.
 func FuzzEvaluate(f *testing.F) {
 	p := config.Default()
 	f.Fuzz(func(t *testing.T, request []byte, username, groups string) {
@@ -43,14 +44,14 @@ func FuzzEvaluate(f *testing.F) {
 		if groups != "" {
 			csr.Spec.Groups = strings.Split(groups, ",")
 		}
-		path := RequestPath(p, csr)
-		in := Input{Policy: p, CSR: csr, Facts: goodFacts(path)}
-		d := Evaluate(in)
-		if d2 := Evaluate(in); !reflect.DeepEqual(d, d2) {
+		r := Inspect(p, csr)
+		facts := goodFacts(r.Path)
+		d := Decide(p, r, facts)
+		if d2 := Decide(p, r, facts); !reflect.DeepEqual(d, d2) {
 			t.Fatalf("not deterministic:\n%+v\n%+v", d, d2)
 		}
-		if d.Path != path {
-			t.Fatalf("RequestPath %q, Decision.Path %q", path, d.Path)
+		if d3 := Decide(p, Inspect(p, csr), facts); !reflect.DeepEqual(d, d3) {
+			t.Fatalf("a fresh inspection decides otherwise:\n%+v\n%+v", d, d3)
 		}
 		if d.Reason == "" || d.Message == "" || len(d.Message) > 1000 {
 			t.Fatalf("bad reason or message: %q %q", d.Reason, d.Message)

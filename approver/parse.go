@@ -18,7 +18,6 @@ import (
 const (
 	pemTypeCSR     = "CERTIFICATE REQUEST"
 	nodeUserPrefix = "system:node:"
-	nodesGroup     = "system:nodes"
 	maxNodeNameLen = 253
 )
 

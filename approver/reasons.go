@@ -5,7 +5,7 @@ package approver
 // what triggers each and what to do about it.
 //
 // A CSR that breaks several rules is reported with every violation; the
-// Decision's Reason is the first of them in the order of Priority.
+// Decision's Reason is the first of them in rule order (rules.go).
 const (
 	// ReasonNotKubeletClientSigner: the CSR is for another signer than
 	// kubernetes.io/kube-apiserver-client-kubelet. Verdict Ignore: not ours.
@@ -13,9 +13,6 @@ const (
 	// ReasonAlreadyDecided: the CSR already has an Approved, Denied or
 	// Failed condition, or a certificate. Verdict Ignore.
 	ReasonAlreadyDecided = "AlreadyDecided"
-	// ReasonInvalidPolicy: the policy given to Evaluate is unusable (its
-	// patterns do not compile). Verdict Ignore; fix the policy.
-	ReasonInvalidPolicy = "InvalidPolicy"
 
 	// ReasonRequestTooLarge: spec.request is larger than
 	// keys.maxRequestBytes; it was not parsed.
@@ -90,11 +87,14 @@ const (
 	// subresource (selfnodeclient or nodeclient) was not allowed.
 	ReasonNotAuthorized = "NotAuthorized"
 	// ReasonNodeAlreadyExists: a bootstrapper claimed the name of a Node
-	// that exists while bootstrap.allowExistingNode is off: a takeover.
+	// that exists and is alive (its heartbeat is newer than
+	// bootstrap.recovery.staleAfterSeconds, or recovery is off) while
+	// bootstrap.allowExistingNode is off: a takeover.
 	ReasonNodeAlreadyExists = "NodeAlreadyExists"
-	// ReasonNodeNotFound: a renewal for a node whose Node object does not
-	// exist while renewal.requireNodeExists is on.
-	ReasonNodeNotFound = "NodeNotFound"
+	// ReasonWaitingForNode: a renewal for a node whose Node object does not
+	// exist yet while renewal.requireNodeExists is on. Verdict Ignore: the
+	// CSR stays pending and is decided when the Node appears.
+	ReasonWaitingForNode = "WaitingForNode"
 	// ReasonSuperseded: a newer pending or approved CSR for the same node from the same requester exists and
 	// limits.collapseDuplicates is on; the newest wins.
 	ReasonSuperseded = "Superseded"
@@ -102,7 +102,8 @@ const (
 	// node are still pending.
 	ReasonTooManyPending = "TooManyPending"
 	// ReasonRateLimited: the bootstrap requester exceeded
-	// bootstrap.rateLimit. Verdict Ignore: the CSR is retried later, never
+	// bootstrap.rateLimit. Not a rule: the reconciler throttles an approval
+	// after the decision. Verdict Ignore: the CSR is retried later, never
 	// denied for rate.
 	ReasonRateLimited = "RateLimited"
 	// ReasonFactsIncomplete: every check that ran passed, but a cluster fact
@@ -120,58 +121,21 @@ const (
 	// ReasonBootstrapApproved: a bootstrapper's request passed every check.
 	// Verdict Approve.
 	ReasonBootstrapApproved = "BootstrapApproved"
+	// ReasonRecoveryApproved: a bootstrapper's request for the name of an
+	// existing Node whose kubelet is gone (its heartbeat is older than
+	// bootstrap.recovery.staleAfterSeconds, or its token's binding allows
+	// it) passed every check: the node comes back after its certificate
+	// expired. Verdict Approve.
+	ReasonRecoveryApproved = "RecoveryApproved"
 )
 
-// priority lists the violation reason codes from the most to the least
-// important.
-var priority = [...]string{
-	ReasonRequestTooLarge,
-	ReasonMalformedRequest,
-	ReasonKeyAlgorithmNotAllowed,
-	ReasonKeyCurveNotAllowed,
-	ReasonKeySizeNotAllowed,
-	ReasonInvalidSignature,
-	ReasonInvalidCommonName,
-	ReasonInvalidNodeName,
-	ReasonRequesterMismatch,
-	ReasonUnrecognizedRequester,
-	ReasonBootstrapDisabled,
-	ReasonInvalidOrganization,
-	ReasonExtraSubjectAttributes,
-	ReasonSANsNotAllowed,
-	ReasonUnexpectedExtensions,
-	ReasonInvalidUsages,
-	ReasonKeyEnciphermentRequiresRSA,
-	ReasonLifetimeTooLong,
-	ReasonNodeNameDenied,
-	ReasonNodeNameNotAllowed,
-	ReasonTokenNotBound,
-	ReasonTokenNotBoundToName,
-	ReasonNotAuthorized,
-	ReasonNodeAlreadyExists,
-	ReasonNodeNotFound,
-	ReasonSuperseded,
-	ReasonTooManyPending,
-	ReasonRateLimited,
-}
-
-// Priority returns the violation reason codes from the most to the least
-// important. The Decision's Reason is the first violation in this order.
-// RateLimited never denies: it applies only when nothing else is wrong.
-func Priority() []string { return append([]string(nil), priority[:]...) }
-
-// AllReasons returns every reason code Evaluate can return.
+// AllReasons returns every reason code a decision can carry: the rule
+// table's, in rule order, then those of the outcomes.
 func AllReasons() []string {
-	out := []string{ReasonNotKubeletClientSigner, ReasonAlreadyDecided, ReasonInvalidPolicy}
-	out = append(out, priority[:]...)
-	return append(out, ReasonFactsIncomplete, ReasonInternalError, ReasonRenewalApproved, ReasonBootstrapApproved)
-}
-
-// rank maps a violation reason to its place in the priority order.
-var rank = func() map[string]int {
-	m := make(map[string]int, len(priority))
-	for i, r := range priority {
-		m[r] = i
+	var out []string
+	for i := range rules {
+		out = append(out, rules[i].Reasons...)
 	}
-	return m
-}()
+	return append(out, ReasonRateLimited, ReasonFactsIncomplete, ReasonInternalError,
+		ReasonRenewalApproved, ReasonBootstrapApproved, ReasonRecoveryApproved)
+}

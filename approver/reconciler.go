@@ -2,6 +2,7 @@ package approver
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"time"
@@ -42,20 +43,22 @@ const (
 	conflictRetry = 50 * time.Millisecond
 )
 
-// Reconciler decides pending kubelet client CSRs: it gathers the cluster
-// facts, calls Evaluate, writes one approval-subresource update, and records
-// the decision as an Event, a log line and metrics.
+// Reconciler decides pending kubelet client CSRs: it inspects the CSR once,
+// decides it statically, gathers only the cluster facts the undecided rules
+// need, decides it with them, throttles bootstrap approvals per requester,
+// writes one approval-subresource update, and records the decision as an
+// Event, a log line and metrics.
 type Reconciler struct {
 	// Client reads CSRs from the cache and writes approvals and Events.
 	Client client.Client
 	// APIReader reads from the API server directly, after a write conflict.
 	APIReader client.Reader
 	// Policy returns the policy in force.
-	Policy func() *config.Policy
-	// Authorizer runs the SubjectAccessReview for the request's path.
-	Authorizer Authorizer
-	// Nodes tells whether a Node exists.
-	Nodes NodeLookup
+	Policy func() *config.Effective
+	// Facts gathers the cluster facts a decision needs (a Gatherer with
+	// the SubjectAccessReview, the Node cache, the Lease reader and the CSR
+	// cache index).
+	Facts FactGatherer
 	// Events records decisions; Metrics counts them.
 	Events  *EventRecorder
 	Metrics *Metrics
@@ -223,56 +226,40 @@ func (r *Reconciler) Reconcile(ctx context.Context, req reconcile.Request) (reco
 		return reconcile.Result{}, nil
 	}
 	policy := r.Policy()
-	l := log.FromContext(ctx).WithValues("csr", csr.Name, "requester", csr.Spec.Username, "policy", policy.Digest())
+	l := log.FromContext(ctx).WithValues("csr", csr.Name, "requester", csr.Spec.Username, "policy", policy.Digest)
 	ctx = log.IntoContext(ctx, l)
 
-	// The static verdict first: a hopeless CSR costs no API call.
-	d := Evaluate(Input{Policy: policy, CSR: csr})
-	var retry time.Duration
+	// Inspect once; the static decision first, so a hopeless CSR costs no
+	// API call and no signature check.
+	inspected := Inspect(policy, csr)
+	d := Decide(policy, inspected, Facts{})
 	if d.Verdict == Ignore && d.Reason == ReasonFactsIncomplete {
-		facts, err := r.gather(ctx, policy, csr, d)
+		facts, err := r.Facts.Gather(ctx, inspected, d.Needs)
 		if err != nil {
+			var fe *FactError
+			if errors.As(err, &fe) {
+				r.Metrics.FactErrors.WithLabelValues(fe.Fact.String()).Inc()
+			}
 			return reconcile.Result{}, err
 		}
-		// The static pass's parse and signature check are reused.
-		d = Evaluate(Input{Policy: policy, CSR: csr, Facts: facts, Parsed: d.Parsed})
-		if d.Verdict == Approve && d.Path == PathBootstrap {
-			perMinute, burst := policy.RateLimit()
-			if ok, wait := r.limiter.take(csr.Spec.Username, perMinute, burst, r.Clock.Now()); !ok {
-				facts.RateLimited = ptrTo(true)
-				d = Evaluate(Input{Policy: policy, CSR: csr, Facts: facts, Parsed: d.Parsed})
-				retry = wait
-			}
+		d = Decide(policy, inspected, facts)
+	}
+	// The throttle acts after the decision: an approval over the
+	// requester's bootstrap.rateLimit waits, it is never denied.
+	var retry time.Duration
+	if d.Verdict == Approve && d.Path == PathBootstrap {
+		b := &policy.Bootstrap
+		if ok, wait := r.limiter.take(csr.Spec.Username, b.RateLimitPerMinute, b.RateLimitBurst, r.Clock.Now()); !ok {
+			d.Verdict, d.Reason = Ignore, ReasonRateLimited
+			d.Message = fmt.Sprintf("requester %s exceeded bootstrap.rateLimit (%d per minute, burst %d); the CSR stays pending and is retried", quote(csr.Spec.Username), b.RateLimitPerMinute, b.RateLimitBurst)
+			retry = wait
 		}
 	}
 	return r.record(ctx, policy, csr, d, retry)
 }
 
-func (r *Reconciler) gather(ctx context.Context, policy *config.Policy, csr *certificatesv1.CertificateSigningRequest, static Decision) (Facts, error) {
-	facts := Facts{RateLimited: ptrTo(false)}
-	allowed, err := r.Authorizer.Authorize(ctx, csr, SubresourceFor(static.Path))
-	if err != nil {
-		r.Metrics.FactErrors.WithLabelValues("SubjectAccessReview").Inc()
-		return facts, err
-	}
-	facts.Authorized = &allowed
-	exists, err := r.Nodes.NodeExists(ctx, static.NodeName)
-	if err != nil {
-		r.Metrics.FactErrors.WithLabelValues("Node").Inc()
-		return facts, err
-	}
-	facts.NodeExists = &exists
-	newer, older, err := pendingFacts(ctx, r.Client, csr, static.NodeName)
-	if err != nil {
-		r.Metrics.FactErrors.WithLabelValues("PendingCSRs").Inc()
-		return facts, err
-	}
-	facts.NewerPendingForNode, facts.PendingForNode = &newer, &older
-	return facts, nil
-}
-
 // record makes the decision's one write and records it.
-func (r *Reconciler) record(ctx context.Context, policy *config.Policy, csr *certificatesv1.CertificateSigningRequest, d Decision, retry time.Duration) (reconcile.Result, error) {
+func (r *Reconciler) record(ctx context.Context, policy *config.Effective, csr *certificatesv1.CertificateSigningRequest, d Decision, retry time.Duration) (reconcile.Result, error) {
 	l := log.FromContext(ctx)
 	switch {
 	case d.Verdict == Ignore && (d.Reason == ReasonNotKubeletClientSigner || d.Reason == ReasonAlreadyDecided):
@@ -286,7 +273,7 @@ func (r *Reconciler) record(ctx context.Context, policy *config.Policy, csr *cer
 		}
 		r.report(ctx, policy, csr, d, "Ignore", "LeftPending")
 		return reconcile.Result{RequeueAfter: retry}, nil
-	case policy.EffectiveMode() == config.ModeDryRun:
+	case policy.Mode == config.ModeDryRun:
 		label := "Would" + string(d.Verdict)
 		r.report(ctx, policy, csr, d, label, label)
 		return reconcile.Result{}, nil
@@ -357,8 +344,8 @@ func (r *Reconciler) conflict(ctx context.Context, name string) (reconcile.Resul
 // report records a decision that writes no condition (DryRun, left pending).
 // The same verdict and reason under the same policy is reported once per
 // CSR, however often the CSR is re-examined.
-func (r *Reconciler) report(ctx context.Context, policy *config.Policy, csr *certificatesv1.CertificateSigningRequest, d Decision, label, action string) {
-	key := label + "/" + d.Reason + "/" + policy.Digest()
+func (r *Reconciler) report(ctx context.Context, policy *config.Effective, csr *certificatesv1.CertificateSigningRequest, d Decision, label, action string) {
+	key := label + "/" + d.Reason + "/" + policy.Digest
 	if !r.reported.add(string(csr.UID) + "/" + key) {
 		return
 	}
@@ -368,7 +355,7 @@ func (r *Reconciler) report(ctx context.Context, policy *config.Policy, csr *cer
 	if d.Verdict == Deny || d.Reason != ReasonRateLimited && d.Verdict == Ignore {
 		eventType = corev1.EventTypeWarning
 	}
-	note := fmt.Sprintf("%s (%s): %s", label, policy.EffectiveMode(), d.Message)
+	note := fmt.Sprintf("%s (%s): %s", label, policy.Mode, d.Message)
 	// The same report after a restart finds its Event and adds none.
 	if _, err := r.Events.Record(ctx, csr, key, "CertificateSigningRequest", certificatesv1.SchemeGroupVersion.String(), eventType, d.Reason, action, note); err != nil {
 		r.Metrics.EventErrors.Inc()
@@ -397,5 +384,3 @@ func (s *reportedSet) add(key string) bool {
 	s.seen[key] = struct{}{}
 	return true
 }
-
-func ptrTo[T any](v T) *T { return &v }

@@ -50,7 +50,7 @@ type harness struct {
 	r      *Reconciler
 	client client.Client
 	auth   *fakeAuthorizer
-	policy *config.Policy
+	policy *config.Effective
 }
 
 func newHarness(t *testing.T, policyYAML string, funcs interceptor.Funcs, objs ...client.Object) *harness {
@@ -73,14 +73,20 @@ func newHarness(t *testing.T, policyYAML string, funcs interceptor.Funcs, objs .
 		}
 	}
 	h := &harness{client: c, auth: &fakeAuthorizer{allowed: true}, policy: p}
+	clk := clocktesting.NewFakePassiveClock(time.Date(2026, 11, 29, 12, 0, 0, 0, time.UTC))
 	h.r = &Reconciler{
 		Client: c, APIReader: c,
-		Policy:     func() *config.Policy { return h.policy },
-		Authorizer: h.auth,
-		Nodes:      fakeNodes{"worker-1": true},
-		Events:     &EventRecorder{Client: c, Instance: "test", Namespace: "default"},
-		Metrics:    NewMetrics(prometheus.NewRegistry(), nil),
-		Clock:      clocktesting.NewFakePassiveClock(time.Date(2026, 11, 29, 12, 0, 0, 0, time.UTC)),
+		Policy: func() *config.Effective { return h.policy },
+		Facts: &Gatherer{
+			Authorizer: h.auth,
+			Nodes:      fakeNodes{"worker-1": true},
+			Heartbeats: LeaseHeartbeats{Leases: c, Nodes: c},
+			Pending:    IndexedPending{Reader: c},
+			Clock:      clk,
+		},
+		Events:  &EventRecorder{Client: c, Instance: "test", Namespace: "default"},
+		Metrics: NewMetrics(prometheus.NewRegistry(), nil),
+		Clock:   clk,
 	}
 	return h
 }

@@ -10,6 +10,9 @@ const (
 	DefaultRateLimitPerMinute = 60
 	DefaultRateLimitBurst     = 20
 	DefaultRequireNodeExists  = true
+	DefaultRecoveryEnabled    = true
+	DefaultStaleAfterSeconds  = 300
+	MinStaleAfterSeconds      = 60
 	DefaultRSAEnabled         = true
 	DefaultRSAMinBits         = 2048
 	DefaultRSAMaxBits         = 4096
@@ -31,14 +34,14 @@ const (
 func DefaultCurves() []Curve { return []Curve{CurveP256, CurveP384} }
 
 // Default returns the policy that runs when no policy file is given: the
-// defaulted empty policy, completed.
-func Default() *Policy {
-	p := &Policy{APIVersion: APIVersion, Kind: Kind}
-	if err := p.Complete(); err != nil {
+// empty policy, defaulted and compiled.
+func Default() *Effective {
+	e, err := Compile(&Policy{APIVersion: APIVersion, Kind: Kind})
+	if err != nil {
 		// The defaults are valid; a failure here is a programming error.
 		panic("config: default policy is invalid: " + err.Error())
 	}
-	return p
+	return e
 }
 
 // SetDefaults fills every unset field with its default. It is idempotent
@@ -64,6 +67,12 @@ func (p *Policy) SetDefaults() {
 	}
 	if b.Groups == nil {
 		b.Groups = []string{DefaultBootstrapGroup}
+	}
+	if b.Recovery.Enabled == nil {
+		b.Recovery.Enabled = ptrTo(DefaultRecoveryEnabled)
+	}
+	if b.Recovery.StaleAfterSeconds == nil {
+		b.Recovery.StaleAfterSeconds = ptrTo[int32](DefaultStaleAfterSeconds)
 	}
 	if b.RateLimit.PerMinute == nil {
 		b.RateLimit.PerMinute = ptrTo[int32](DefaultRateLimitPerMinute)

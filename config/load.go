@@ -72,7 +72,7 @@ func (e *Error) Error() string {
 
 // Load reads, decodes, defaults, validates and compiles the policy file at
 // path. A rejected file yields an *Error naming the file.
-func Load(path string) (*Policy, error) {
+func Load(path string) (*Effective, error) {
 	data, err := readPolicyFile(path)
 	if err != nil {
 		return nil, err
@@ -96,7 +96,7 @@ func readPolicyFile(path string) ([]byte, error) {
 
 // Parse decodes a policy strictly, applies defaults, validates and compiles
 // it. A rejected policy yields an *Error listing every problem.
-func Parse(data []byte) (*Policy, error) {
+func Parse(data []byte) (*Effective, error) {
 	if len(data) > MaxFileBytes {
 		return nil, wholeFile(fmt.Sprintf("policy file is larger than %d bytes", MaxFileBytes))
 	}
@@ -136,12 +136,11 @@ func Parse(data []byte) (*Policy, error) {
 		}
 		return nil, d.err()
 	}
-	c := compile(p)
-	if c.err != nil {
-		return nil, wholeFile(c.err.Error())
+	e, err := compile(p)
+	if err != nil {
+		return nil, wholeFile(err.Error())
 	}
-	p.compiled = c
-	return p, nil
+	return e, nil
 }
 
 func wholeFile(msg string) *Error { return &Error{Problems: []Problem{{Message: msg}}} }

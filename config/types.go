@@ -67,8 +67,10 @@ const (
 	CurveP521 Curve = "P-521"
 )
 
-// Policy is the nodecsr policy file. Copying a Policy copies its compiled
-// patterns: call Complete after changing a copy.
+// Policy is the versioned nodecsr policy file (nodecsr.io/v1alpha1). Optional
+// fields are pointers so that "unset" can be told from "zero". Nothing decides
+// with a Policy directly: Compile (or Parse, Load, Default) defaults,
+// validates and compiles it into an Effective policy.
 type Policy struct {
 	// APIVersion must be nodecsr.io/v1alpha1.
 	APIVersion string `json:"apiVersion"`
@@ -76,10 +78,6 @@ type Policy struct {
 	Kind string `json:"kind"`
 	// Spec is the policy itself. Every field is optional.
 	Spec Spec `json:"spec"`
-
-	// compiled holds the node-name patterns and lookups built by Complete,
-	// and the digest. Nil on a Policy that was never completed.
-	compiled *compiled
 }
 
 // Spec is the body of a Policy.
@@ -130,10 +128,20 @@ type Bootstrap struct {
 	// Groups lists the groups whose members are bootstrappers.
 	// Default: [system:bootstrappers].
 	Groups []string `json:"groups"`
-	// AllowExistingNode lets a bootstrapper claim a name whose Node object
-	// already exists. Off, such a request is refused as a node takeover.
-	// Default: false.
+	// Users lists usernames that are bootstrappers whatever their groups,
+	// for installers that give kubelets a shared bootstrap client
+	// certificate (CN=kubelet) instead of a token. Like every bootstrapper,
+	// each is still authorized with the nodeclient SubjectAccessReview.
+	// Default: none.
+	Users []string `json:"users,omitempty"`
+	// AllowExistingNode lets a bootstrapper claim any name whose Node object
+	// already exists, alive or not. Off, such a request is refused as a node
+	// takeover unless Recovery re-admits the node. Default: false.
 	AllowExistingNode bool `json:"allowExistingNode,omitempty"`
+	// Recovery re-admits a node whose client certificate expired while it
+	// was off: its kubelet falls back to its bootstrap token for a name whose
+	// Node object still exists.
+	Recovery Recovery `json:"recovery"`
 	// RequireTokenBinding refuses a bootstrapper whose token has no entry in
 	// TokenBindings. Default: false.
 	RequireTokenBinding bool `json:"requireTokenBinding,omitempty"`
@@ -154,6 +162,25 @@ type TokenBinding struct {
 	// NodeNames lists RE2 regular expressions, implicitly anchored (^…$);
 	// the token may only claim a name that matches one of them. Required.
 	NodeNames []string `json:"nodeNames"`
+	// AllowExistingNode lets this token claim one of its names even when
+	// the Node exists and is heartbeating (a node re-installed in place).
+	// Default: false.
+	AllowExistingNode bool `json:"allowExistingNode,omitempty"`
+}
+
+// Recovery decides when a bootstrap request for the name of an existing Node
+// is a node coming back rather than a takeover.
+type Recovery struct {
+	// Enabled re-admits an existing node through the bootstrap path when
+	// its heartbeat (the renewTime of its Lease in kube-node-lease; the
+	// Node's creation time when it has no Lease) is older than
+	// StaleAfterSeconds. A node that is still heartbeating is never
+	// re-admitted: its name is refused as a takeover. Default: true.
+	Enabled *bool `json:"enabled,omitempty"`
+	// StaleAfterSeconds is how old the heartbeat must be, at least 60
+	// (kubelets renew their Lease every 10 s; the node controller marks a
+	// node NotReady after 50 s). Default: 300.
+	StaleAfterSeconds *int32 `json:"staleAfterSeconds,omitempty"`
 }
 
 // RateLimit is a token bucket per bootstrap requester.
@@ -168,8 +195,9 @@ type RateLimit struct {
 
 // Renewal configures the renewal path.
 type Renewal struct {
-	// RequireNodeExists refuses a renewal for a node whose Node object does
-	// not exist. Default: true.
+	// RequireNodeExists approves a renewal only once the node's Node object
+	// exists; until then the CSR stays pending (WaitingForNode) and is
+	// decided when the Node appears. Default: true.
 	RequireNodeExists *bool `json:"requireNodeExists,omitempty"`
 }
 

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"regexp"
 	"regexp/syntax"
+	"strings"
 
 	"k8s.io/apimachinery/pkg/util/validation/field"
 	bootstraputil "k8s.io/cluster-bootstrap/token/util"
@@ -87,6 +88,23 @@ func validateBootstrap(path *field.Path, b *Bootstrap) field.ErrorList {
 		if why, ok := forbiddenBootstrapGroups[g]; ok {
 			errs = append(errs, field.Invalid(path.Child("groups").Index(i), g, "must not be a bootstrap group: "+why))
 		}
+	}
+
+	errs = append(errs, validateNames(path.Child("users"), b.Users)...)
+	for i, u := range b.Users {
+		if strings.HasPrefix(u, "system:node:") || strings.HasPrefix(u, "system:serviceaccount:") || strings.HasPrefix(u, "system:anonymous") {
+			errs = append(errs, field.Invalid(path.Child("users").Index(i), u, "must not be a node, service account or anonymous user"))
+		}
+	}
+	rp := path.Child("recovery")
+	if b.Recovery.Enabled == nil {
+		errs = append(errs, field.Required(rp.Child("enabled"), "must be set (call SetDefaults)"))
+	}
+	switch {
+	case b.Recovery.StaleAfterSeconds == nil:
+		errs = append(errs, field.Required(rp.Child("staleAfterSeconds"), "must be set (call SetDefaults)"))
+	case *b.Recovery.StaleAfterSeconds < MinStaleAfterSeconds:
+		errs = append(errs, field.Invalid(rp.Child("staleAfterSeconds"), *b.Recovery.StaleAfterSeconds, fmt.Sprintf("must be at least %d: a live kubelet renews its Lease every 10 s", MinStaleAfterSeconds)))
 	}
 
 	seen := make(map[string]int, len(b.TokenBindings))

@@ -22,10 +22,10 @@ const DefaultWatchInterval = 10 * time.Second
 type Watcher struct {
 	path     string
 	interval time.Duration
-	onChange func(*Policy)
+	onChange func(*Effective)
 	onError  func(error)
 
-	current atomic.Pointer[Policy]
+	current atomic.Pointer[Effective]
 
 	// Touched only by Run's goroutine.
 	goodHash [sha256.Size]byte
@@ -39,7 +39,7 @@ type Watcher struct {
 // policy. onChange is called from Run with every new policy (not with the
 // first); onError with every new problem (the same bad content or the same
 // read error is reported once). Either may be nil.
-func NewWatcher(path string, interval time.Duration, onChange func(*Policy), onError func(error)) (*Watcher, error) {
+func NewWatcher(path string, interval time.Duration, onChange func(*Effective), onError func(error)) (*Watcher, error) {
 	if interval <= 0 {
 		interval = DefaultWatchInterval
 	}
@@ -59,10 +59,7 @@ func NewWatcher(path string, interval time.Duration, onChange func(*Policy), onE
 
 // Current returns the policy in force. It is never nil and must not be
 // modified.
-func (w *Watcher) Current() *Policy { return w.current.Load() }
-
-// Path returns the watched file's path.
-func (w *Watcher) Path() string { return w.path }
+func (w *Watcher) Current() *Effective { return w.current.Load() }
 
 // Run polls the file every interval until ctx is done, then returns nil.
 func (w *Watcher) Run(ctx context.Context) error {
@@ -101,7 +98,7 @@ func (w *Watcher) Poll() {
 	if err != nil {
 		w.badHash, w.hasBad = sum, true
 		w.lastErr = ""
-		w.report(fmt.Errorf("policy not reloaded, keeping digest %s: %w", w.Current().Digest(), err), "")
+		w.report(fmt.Errorf("policy not reloaded, keeping digest %s: %w", w.Current().Digest, err), "")
 		return
 	}
 	w.goodHash = sum
@@ -128,7 +125,7 @@ func (w *Watcher) report(err error, key string) {
 }
 
 // parseFile parses data read from path, naming the file in errors.
-func parseFile(path string, data []byte) (*Policy, error) {
+func parseFile(path string, data []byte) (*Effective, error) {
 	p, err := Parse(data)
 	if err != nil {
 		var pe *Error

@@ -16,6 +16,7 @@ import (
 
 	"github.com/nodecsr/nodecsr/approver"
 	"github.com/nodecsr/nodecsr/config"
+	"github.com/nodecsr/nodecsr/internal/text"
 )
 
 // Asynchronous Events are bounded: at most this many in flight (more are
@@ -34,7 +35,7 @@ const (
 // blocking one could stop an operator from stopping an attack; a kubelet
 // whose request was denied files a new one.
 type approvalGuard struct {
-	policy     func() *config.Policy
+	policy     func() *config.Effective
 	self       string
 	events     EventRecorder
 	metrics    *metrics
@@ -46,8 +47,8 @@ var _ admission.Handler = (*approvalGuard)(nil)
 // Handle implements admission.Handler.
 func (g *approvalGuard) Handle(ctx context.Context, req admission.Request) (resp admission.Response) {
 	defer g.metrics.admitOnPanic(ctx, opApproval, &resp)
-	guard := policyOf(g.policy).Spec.ApprovalGuard
-	if guard.Mode == config.GuardOff || guard.Mode == "" {
+	guard := g.policy().Guard
+	if guard.Mode == config.GuardOff {
 		g.metrics.inc(opApproval, resultAllowed, reasonGuardOff)
 		return admission.Allowed("")
 	}
@@ -119,7 +120,7 @@ func approves(old, cur *certificatesv1.CertificateSigningRequest) bool {
 
 // allowedApprover returns why the user may approve (a metric reason), or ""
 // when the user may not.
-func allowedApprover(self string, g *config.ApprovalGuard, user string, groups []string) string {
+func allowedApprover(self string, g *config.GuardRules, user string, groups []string) string {
 	switch {
 	case self != "" && user == self:
 		return reasonSelf
@@ -134,7 +135,7 @@ func allowedApprover(self string, g *config.ApprovalGuard, user string, groups [
 	return ""
 }
 
-func notAllowedMessage(user string, g *config.ApprovalGuard) string {
+func notAllowedMessage(user string, g *config.GuardRules) string {
 	var b strings.Builder
 	b.WriteString("user ")
 	b.WriteString(strconv.QuoteToASCII(truncate(user)))
@@ -167,13 +168,7 @@ func list(items []string) string {
 }
 
 // truncate bounds a value taken from a request for a message.
-func truncate(s string) string {
-	const maxLen = 64
-	if len(s) <= maxLen {
-		return s
-	}
-	return s[:maxLen] + "…"
-}
+func truncate(s string) string { return text.Truncate(s, 64) }
 
 // record writes a Warning Event on the CSR, asynchronously: the admission
 // answer does not wait for the API server to store an Event.

@@ -21,7 +21,7 @@ import (
 // goes wrong, the CSR is admitted unchanged (or with what could be
 // computed) and the validating webhook and the approver have their say.
 type mutator struct {
-	policy  func() *config.Policy
+	policy  func() *config.Effective
 	metrics *metrics
 }
 
@@ -45,9 +45,9 @@ func (m *mutator) Handle(ctx context.Context, req admission.Request) (resp admis
 		return admission.Allowed("")
 	}
 	asStored(csr, &req.UserInfo)
-	p := policyOf(m.policy)
-	// No facts: only what the request itself says is needed here.
-	d := approver.Evaluate(approver.Input{Policy: p, CSR: csr})
+	p := m.policy()
+	// Only what the request itself says is needed here: no decision.
+	d := approver.Inspect(p, csr)
 
 	var ps patchSet
 	ps.setEntries("/metadata/labels", csr.Labels, entry{LabelNodeName, nodeLabelValue(d.NodeName)})
@@ -57,7 +57,7 @@ func (m *mutator) Handle(ctx context.Context, req admission.Request) (resp admis
 
 	var warning string
 	if exp, changed, why := expiration(p, csr.Spec.ExpirationSeconds); changed {
-		if p.EffectiveMode() == config.ModeDryRun {
+		if p.Mode == config.ModeDryRun {
 			warning = fmt.Sprintf("nodecsr (policy mode DryRun) would %s", why)
 		} else {
 			op := "replace"
@@ -91,11 +91,11 @@ func (m *mutator) Handle(ctx context.Context, req admission.Request) (resp admis
 
 // expiration returns the expirationSeconds the policy wants, whether it
 // differs from the requested one, and what the change is, in words.
-func expiration(p *config.Policy, requested *int32) (int32, bool, string) {
-	lt := p.Spec.Lifetime
+func expiration(p *config.Effective, requested *int32) (int32, bool, string) {
+	lt := p.Lifetime
 	switch {
-	case requested == nil && lt.DefaultExpirationSeconds != nil:
-		d := *lt.DefaultExpirationSeconds
+	case requested == nil && lt.DefaultExpirationSeconds > 0:
+		d := lt.DefaultExpirationSeconds
 		return d, true, "set spec.expirationSeconds to lifetime.defaultExpirationSeconds (" + strconv.Itoa(int(d)) + ")"
 	case requested != nil && lt.MaxExpirationSeconds > 0 && *requested > lt.MaxExpirationSeconds:
 		return lt.MaxExpirationSeconds, true, fmt.Sprintf("cap spec.expirationSeconds from %d to lifetime.maxExpirationSeconds (%d)", *requested, lt.MaxExpirationSeconds)

@@ -8,7 +8,6 @@ import (
 	"time"
 
 	admissionv1 "k8s.io/api/admission/v1"
-	certificatesv1 "k8s.io/api/certificates/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
@@ -17,20 +16,20 @@ import (
 	"github.com/nodecsr/nodecsr/config"
 )
 
-// nodeLookupTimeout bounds one Node cache lookup. The cache answers in
+// factTimeout bounds the cache-only fact gathering. The cache answers in
 // microseconds once synced; before that a lookup would wait for the sync,
-// and the fact is skipped instead.
-const nodeLookupTimeout = 500 * time.Millisecond
+// and the facts are left to the approver instead.
+const factTimeout = 500 * time.Millisecond
 
 // validator rejects, on CREATE, a kubelet client CSR that could never be
-// approved: one that approver.Evaluate denies with the facts known without
+// approved: one that approver.Decide denies with the facts known without
 // API calls (the CSR itself, the requester, and whether the Node exists in
-// the cache). Facts it cannot know (SubjectAccessReview, pending CSRs, rate
-// limits) are left to the approver, so a CSR that could still be approved is
-// always admitted.
+// the cache). Facts it cannot know (SubjectAccessReview, heartbeats, pending
+// CSRs) and the rate limit are left to the approver, so a CSR that could
+// still be approved is always admitted.
 type validator struct {
-	policy  func() *config.Policy
-	nodes   approver.NodeLookup
+	policy  func() *config.Effective
+	facts   approver.FactGatherer
 	metrics *metrics
 }
 
@@ -54,16 +53,20 @@ func (v *validator) Handle(ctx context.Context, req admission.Request) (resp adm
 		return admission.Allowed("")
 	}
 	asStored(csr, &req.UserInfo)
-	p := policyOf(v.policy)
-	d := approver.Evaluate(approver.Input{Policy: p, CSR: csr, Facts: approver.Facts{NodeExists: v.nodeExists(ctx, csr)}})
+	p := v.policy()
+	r := approver.Inspect(p, csr)
+	d := approver.Decide(p, r, approver.Facts{})
+	if d.Needs != 0 && v.facts != nil {
+		d = approver.Decide(p, r, v.gather(ctx, r, d.Needs))
+	}
 
 	switch {
-	case !hasViolations(&d):
+	case len(d.Violations) == 0:
 		// Nothing known now rules the CSR out (typically FactsIncomplete:
 		// the approver gathers the rest).
 		v.metrics.inc(opValidate, resultAllowed, d.Reason)
 		return admission.Allowed("")
-	case p.EffectiveMode() == config.ModeDryRun:
+	case p.Mode == config.ModeDryRun:
 		v.metrics.inc(opValidate, resultWarned, d.Reason)
 		return admission.Allowed("").WithWarnings(warnings("nodecsr (policy mode DryRun) would reject this CSR: ", &d)...)
 	case d.Verdict != approver.Deny:
@@ -79,35 +82,17 @@ func (v *validator) Handle(ctx context.Context, req admission.Request) (resp adm
 	return denied(&d)
 }
 
-// nodeExists looks the claimed node up in the cache; nil when there is no
-// lookup, no valid node name, or the lookup failed.
-func (v *validator) nodeExists(ctx context.Context, csr *certificatesv1.CertificateSigningRequest) *bool {
-	if v.nodes == nil {
-		return nil
-	}
-	name, ok := approver.NodeNameOf(csr)
-	if !ok {
-		return nil
-	}
-	ctx, cancel := context.WithTimeout(ctx, nodeLookupTimeout)
+// gather collects the cache-only facts; on failure (the cache is not
+// synced yet) none, leaving the rules that need them to the approver.
+func (v *validator) gather(ctx context.Context, r *approver.Request, need approver.Fact) approver.Facts {
+	ctx, cancel := context.WithTimeout(ctx, factTimeout)
 	defer cancel()
-	exists, err := v.nodes.NodeExists(ctx, name)
+	facts, err := v.facts.Gather(ctx, r, need)
 	if err != nil {
-		log.FromContext(ctx).V(1).Info("Node lookup failed; leaving the NodeExists fact to the approver", "node", name, "error", err.Error())
-		return nil
+		log.FromContext(ctx).V(1).Info("Cache lookup failed; leaving the facts to the approver", "node", r.NodeName, "error", err.Error())
+		return approver.Facts{}
 	}
-	return &exists
-}
-
-// hasViolations reports whether the decision lists a violation that denies
-// (RateLimited never does).
-func hasViolations(d *approver.Decision) bool {
-	for i := range d.Violations {
-		if d.Violations[i].Reason != approver.ReasonRateLimited {
-			return true
-		}
-	}
-	return false
+	return facts
 }
 
 // denied is a 403 Forbidden admission response whose message names every
@@ -115,12 +100,7 @@ func hasViolations(d *approver.Decision) bool {
 // them one by one.
 func denied(d *approver.Decision) admission.Response {
 	var b strings.Builder
-	n := 0
-	for i := range d.Violations {
-		if d.Violations[i].Reason != approver.ReasonRateLimited {
-			n++
-		}
-	}
+	n := len(d.Violations)
 	b.WriteString("this kubelet client CSR can never be approved: it breaks ")
 	b.WriteString(strconv.Itoa(n))
 	if n == 1 {
@@ -131,9 +111,6 @@ func denied(d *approver.Decision) admission.Response {
 	b.WriteString(d.PolicyDigest)
 	causes := make([]metav1.StatusCause, 0, n)
 	for _, v := range d.Violations {
-		if v.Reason == approver.ReasonRateLimited {
-			continue
-		}
 		if len(causes) == 0 {
 			b.WriteString(": (1) ")
 		} else {
@@ -144,7 +121,7 @@ func denied(d *approver.Decision) admission.Response {
 		b.WriteString(v.Reason)
 		b.WriteString(": ")
 		b.WriteString(v.Message)
-		causes = append(causes, metav1.StatusCause{Type: metav1.CauseType(v.Reason), Message: v.Message, Field: fieldOf(v.Name)})
+		causes = append(causes, metav1.StatusCause{Type: metav1.CauseType(v.Reason), Message: v.Message, Field: v.Field})
 	}
 	resp := admission.Denied(b.String())
 	resp.Result.Details = &metav1.StatusDetails{
@@ -157,22 +134,7 @@ func denied(d *approver.Decision) admission.Response {
 func warnings(prefix string, d *approver.Decision) []string {
 	out := make([]string, 0, len(d.Violations))
 	for _, v := range d.Violations {
-		if v.Reason != approver.ReasonRateLimited {
-			out = append(out, prefix+v.Reason+": "+v.Message)
-		}
+		out = append(out, prefix+v.Reason+": "+v.Message)
 	}
 	return out
-}
-
-// fieldOf names the field a check reads.
-func fieldOf(check string) string {
-	switch check {
-	case approver.CheckUsages:
-		return "spec.usages"
-	case approver.CheckLifetime:
-		return "spec.expirationSeconds"
-	case approver.CheckRequester, approver.CheckTokenBinding:
-		return "spec.username"
-	}
-	return "spec.request"
 }

@@ -10,9 +10,10 @@
 //     subresource) warns about or rejects an approval by someone the policy
 //     does not allow to approve kubelet client CSRs by hand.
 //
-// Every decision about a CSR comes from approver.Evaluate, the single source
-// of truth; this package only gathers what can be known without API calls and
-// translates the Decision into an admission response. The approver stays the
+// Every decision about a CSR comes from approver.Inspect and approver.Decide,
+// the single source of truth; this package only gathers what can be known
+// without API calls (a cache-only approver.FactGatherer) and translates the
+// Decision into an admission response. The approver stays the
 // security boundary: the webhooks fail open (docs/webhook.md).
 //
 // Wiring: NewServer builds the TLS server (pass it as ctrl.Options.WebhookServer),
@@ -23,7 +24,6 @@ package webhook
 import (
 	"context"
 	"errors"
-	"sync"
 
 	"github.com/prometheus/client_golang/prometheus"
 	ctrl "sigs.k8s.io/controller-runtime"
@@ -72,12 +72,14 @@ type EventRecorder interface {
 type Options struct {
 	// Policy returns the policy in force; it is called once per request, so
 	// a hot-reloaded policy applies to the next request. Required.
-	Policy func() *config.Policy
-	// Nodes answers whether a Node exists, from an informer cache (never a
-	// live API call: the webhook must answer within its timeout). Nil: the
-	// NodeExists fact is not gathered, and the rules that need it are left
+	Policy func() *config.Effective
+	// Facts gathers what the validating webhook can know cheaply: the Node
+	// from an informer cache and, only for a bootstrap request whose Node
+	// exists, its Lease (one read), all bounded by a short timeout so that
+	// the webhook answers in time. No SubjectAccessReview and no pending
+	// CSRs. Nil: no fact is gathered, and the rules that need one are left
 	// to the approver.
-	Nodes approver.NodeLookup
+	Facts approver.FactGatherer
 	// Self is nodecsr's own username (its ServiceAccount,
 	// system:serviceaccount:<namespace>:<name>); the approval guard always
 	// allows it.
@@ -127,18 +129,7 @@ func newHandlers(opts Options) (*handlers, error) {
 	}
 	return &handlers{
 		mutate:   &mutator{policy: opts.Policy, metrics: m},
-		validate: &validator{policy: opts.Policy, nodes: opts.Nodes, metrics: m},
+		validate: &validator{policy: opts.Policy, facts: opts.Facts, metrics: m},
 		approval: &approvalGuard{policy: opts.Policy, self: opts.Self, events: opts.Events, metrics: m, eventSlots: make(chan struct{}, maxPendingEvents)},
 	}, nil
 }
-
-// policyOf returns the policy in force, or the default policy when the
-// caller's function returns nil.
-func policyOf(f func() *config.Policy) *config.Policy {
-	if p := f(); p != nil {
-		return p
-	}
-	return defaultPolicy()
-}
-
-var defaultPolicy = sync.OnceValue(config.Default)

@@ -8,15 +8,17 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strconv"
 	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
 	certificatesv1 "k8s.io/api/certificates/v1"
-	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/serializer"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/utils/clock"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/nodecsr/nodecsr/approver"
@@ -31,6 +33,7 @@ type explainOptions struct {
 	policyFile string
 	output     string
 	kubeconfig string
+	assume     map[string]string
 }
 
 func newExplainCommand(stdout io.Writer) *cobra.Command {
@@ -43,15 +46,25 @@ decision, its reason code, its message and every check.
 
 With -f it reads manifests as 'kubectl get csr NAME -o yaml' prints them (several
 documents or a List are fine; -f - reads stdin) and, without cluster access, lists the
-cluster facts it could not check (SubjectAccessReview, Node existence, pending CSRs)
-as skipped. With --kubeconfig and CSR names it reads the CSRs from the cluster and
-gathers those facts too. The bootstrap rate limit lives in the running controller's
-memory and is never checked here.
+cluster facts it could not check (SubjectAccessReview, Node existence and heartbeat,
+pending CSRs) as skipped: the decision is FactsIncomplete. --assume states what the
+cluster would answer, so a policy can be tried on a CSR before it is rolled out:
+
+  authorized=true|false        the SubjectAccessReview (nodeclient / selfnodeclient)
+  node-exists=true|false       whether the Node exists
+  heartbeat-age=DURATION       how long ago the existing Node last heartbeated (10s, 2h)
+  newer-pending=true|false     whether a newer CSR for the node supersedes this one
+  pending=N                    how many older CSRs for the node are pending
+
+With --kubeconfig and CSR names it reads the CSRs from the cluster and gathers those
+facts too (an --assume value overrides the cluster's answer). The bootstrap rate
+limit lives in the running controller's memory and is never checked here.
 
 Exit status: 0 when every CSR could be evaluated (whatever the decision), 1 when the
 input could not be read, 2 on wrong usage.`,
 		Example: `  kubectl get csr node-csr-abc -o yaml | nodecsr-controller explain -f -
   nodecsr-controller explain -f csr.yaml --policy policy.yaml -o json
+  nodecsr-controller explain -f csr.yaml --assume authorized=true,node-exists=true,heartbeat-age=2h
   nodecsr-controller explain --kubeconfig ~/.kube/config node-csr-abc`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if err := o.validate(args); err != nil {
@@ -65,6 +78,7 @@ input could not be read, 2 on wrong usage.`,
 	fs.StringVar(&o.policyFile, "policy", "", "Policy file; empty uses the default policy.")
 	fs.StringVarP(&o.output, "output", "o", o.output, "Output format: text or json (one object per CSR, one per line).")
 	fs.StringVar(&o.kubeconfig, "kubeconfig", "", "Read the named CSRs from this cluster and gather the cluster facts.")
+	fs.StringToStringVar(&o.assume, "assume", nil, "Cluster facts to assume: authorized, node-exists, heartbeat-age, newer-pending, pending (KEY=VALUE,...).")
 	return cmd
 }
 
@@ -81,7 +95,82 @@ func (o *explainOptions) validate(args []string) error {
 	if o.output != "text" && o.output != "json" {
 		errs = append(errs, fmt.Errorf("-o must be text or json, got %q", o.output))
 	}
+	if _, err := parseAssumptions(o.assume, time.Time{}); err != nil {
+		errs = append(errs, err)
+	}
 	return errors.Join(errs...)
+}
+
+// assumptions are the facts given with --assume.
+type assumptions struct {
+	facts approver.Facts
+	given approver.Fact
+}
+
+// parseAssumptions reads --assume; the heartbeat age is taken back from now.
+func parseAssumptions(kv map[string]string, now time.Time) (assumptions, error) {
+	var a assumptions
+	a.facts.Now = now
+	var errs []error
+	boolean := func(k, v string) *bool {
+		b, err := strconv.ParseBool(v)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("--assume %s=%q: want true or false", k, v))
+			return nil
+		}
+		return &b
+	}
+	for k, v := range kv {
+		switch k {
+		case "authorized":
+			a.facts.Authorized, a.given = boolean(k, v), a.given|approver.FactAuthorized
+		case "node-exists":
+			a.facts.NodeExists, a.given = boolean(k, v), a.given|approver.FactNode
+		case "heartbeat-age":
+			d, err := time.ParseDuration(v)
+			if err != nil || d < 0 {
+				errs = append(errs, fmt.Errorf("--assume heartbeat-age=%q: want a duration such as 30s or 2h", v))
+				continue
+			}
+			hb := now.Add(-d)
+			a.facts.NodeHeartbeat, a.given = &hb, a.given|approver.FactHeartbeat
+		case "newer-pending":
+			a.facts.NewerPendingForNode, a.given = boolean(k, v), a.given|approver.FactPending
+		case "pending":
+			n, err := strconv.Atoi(v)
+			if err != nil || n < 0 {
+				errs = append(errs, fmt.Errorf("--assume pending=%q: want a whole number, 0 or more", v))
+				continue
+			}
+			a.facts.PendingForNode, a.given = &n, a.given|approver.FactPending
+		default:
+			errs = append(errs, fmt.Errorf("--assume %s: unknown fact; known: authorized, node-exists, heartbeat-age, newer-pending, pending", k))
+		}
+	}
+	return a, errors.Join(errs...)
+}
+
+// over lays the assumed facts over gathered ones.
+func (a assumptions) over(f approver.Facts) approver.Facts {
+	if a.facts.Authorized != nil {
+		f.Authorized = a.facts.Authorized
+	}
+	if a.facts.NodeExists != nil {
+		f.NodeExists = a.facts.NodeExists
+	}
+	if a.facts.NodeHeartbeat != nil {
+		f.NodeHeartbeat = a.facts.NodeHeartbeat
+	}
+	if a.facts.NewerPendingForNode != nil {
+		f.NewerPendingForNode = a.facts.NewerPendingForNode
+	}
+	if a.facts.PendingForNode != nil {
+		f.PendingForNode = a.facts.PendingForNode
+	}
+	if f.Now.IsZero() {
+		f.Now = a.facts.Now
+	}
+	return f
 }
 
 // Explanation is explain's JSON output for one CSR.
@@ -146,15 +235,32 @@ func (o *explainOptions) run(ctx context.Context, stdin io.Reader, stdout io.Wri
 			csrs = append(csrs, csr)
 		}
 	}
+	assumed, err := parseAssumptions(o.assume, time.Now())
+	if err != nil {
+		return usageError{err}
+	}
+	// The live gatherer asks the API server what the controller reads from
+	// its caches.
+	var live approver.FactGatherer
+	if c != nil {
+		live = &approver.Gatherer{
+			Authorizer: approver.SARAuthorizer{Client: c},
+			Nodes:      approver.CachedNodes{Reader: c},
+			Heartbeats: approver.LeaseHeartbeats{Leases: c, Nodes: c},
+			Pending:    approver.ListedPending{Reader: c},
+			Clock:      clock.RealClock{},
+		}
+	}
 	for _, csr := range csrs {
-		facts := approver.Facts{}
-		if c != nil {
-			var err error
-			if facts, err = liveFacts(ctx, c, policy, csr); err != nil {
+		r := approver.Inspect(policy, csr)
+		d := approver.Decide(policy, r, assumed.over(approver.Facts{}))
+		if need := d.Needs &^ assumed.given; need != 0 && live != nil {
+			facts, err := live.Gather(ctx, r, need)
+			if err != nil {
 				return err
 			}
+			d = approver.Decide(policy, r, assumed.over(facts))
 		}
-		d := approver.Evaluate(approver.Input{Policy: policy, CSR: csr, Facts: facts})
 		if err := render(stdout, o.output, explanation(csr, policy, d)); err != nil {
 			return err
 		}
@@ -241,38 +347,10 @@ func decodeCSRs(data []byte) ([]*certificatesv1.CertificateSigningRequest, error
 	return out, nil
 }
 
-// liveFacts gathers the cluster facts with direct API calls, as the
-// reconciler does from its cache. The rate limit is the controller's memory
-// and is reported as not limited.
-func liveFacts(ctx context.Context, c client.Client, policy *config.Policy, csr *certificatesv1.CertificateSigningRequest) (approver.Facts, error) {
-	static := approver.Evaluate(approver.Input{Policy: policy, CSR: csr})
-	if static.Verdict != approver.Ignore || static.Reason != approver.ReasonFactsIncomplete {
-		return approver.Facts{}, nil // decided without facts
-	}
-	facts := approver.Facts{RateLimited: ptr(false)}
-	allowed, err := approver.SARAuthorizer{Client: c}.Authorize(ctx, csr, approver.SubresourceFor(static.Path))
-	if err != nil {
-		return facts, err
-	}
-	facts.Authorized = &allowed
-	exists, err := approver.CachedNodes{Reader: c}.NodeExists(ctx, static.NodeName)
-	if err != nil {
-		return facts, err
-	}
-	facts.NodeExists = &exists
-	var list certificatesv1.CertificateSigningRequestList
-	if err := c.List(ctx, &list, client.MatchingFieldsSelector{Selector: fields.OneTermEqualSelector("spec.signerName", approver.KubeletClientSigner)}); err != nil {
-		return facts, fmt.Errorf("failed to list CSRs: %w", err)
-	}
-	newer, older := approver.PendingAround(csr, static.NodeName, list.Items)
-	facts.NewerPendingForNode, facts.PendingForNode = &newer, &older
-	return facts, nil
-}
-
-func explanation(csr *certificatesv1.CertificateSigningRequest, policy *config.Policy, d approver.Decision) Explanation {
+func explanation(csr *certificatesv1.CertificateSigningRequest, policy *config.Effective, d approver.Decision) Explanation {
 	e := Explanation{
 		Name: csr.Name, Decision: d.Verdict, Reason: d.Reason, Message: d.Message, Path: d.Path,
-		Node: d.NodeName, Requester: csr.Spec.Username, Policy: policy.Digest(),
+		Node: d.NodeName, Requester: csr.Spec.Username, Policy: policy.Digest,
 		Checks: []CheckResult{}, Violations: []string{}, Skipped: []string{},
 	}
 	for _, c := range d.Checks {
@@ -302,7 +380,7 @@ func render(w io.Writer, format string, e Explanation) error {
 	}
 	b.WriteString("  checks:\n")
 	for _, c := range e.Checks {
-		mark := map[approver.CheckResult]string{approver.Pass: "pass", approver.Fail: "FAIL", approver.Skipped: "skip"}[c.Result]
+		mark := map[approver.CheckResult]string{approver.Pass: "pass", approver.Fail: "FAIL", approver.Wait: "wait", approver.Skipped: "skip"}[c.Result]
 		line := c.Message
 		if c.Reason != "" {
 			line = c.Reason + ": " + line

@@ -23,6 +23,7 @@ import (
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/utils/clock"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	ctrlconfig "sigs.k8s.io/controller-runtime/pkg/config"
@@ -154,20 +155,20 @@ func RunWithConfig(ctx context.Context, o *Options, cfg *rest.Config) error {
 		mgr    manager.Manager
 		r      *approver.Reconciler
 		events *approver.EventRecorder
-		policy func() *config.Policy
+		policy func() *config.Effective
 	)
 	var watcher *config.Watcher
 	var err error
 	if o.PolicyFile == "" {
 		p := config.Default()
-		policy = func() *config.Policy { return p }
-		log.Info("Using the default policy", "digest", p.Digest())
+		policy = func() *config.Effective { return p }
+		log.Info("Using the default policy", "digest", p.Digest)
 	} else {
 		self := o.selfReference()
-		onChange := func(p *config.Policy) {
+		onChange := func(p *config.Effective) {
 			m.reloads.WithLabelValues("success").Inc()
-			m.setPolicy(p.Digest())
-			log.Info("Reloaded the policy", "file", o.PolicyFile, "digest", p.Digest())
+			m.setPolicy(p.Digest)
+			log.Info("Reloaded the policy", "file", o.PolicyFile, "digest", p.Digest)
 			select {
 			case <-mgr.Elected():
 				go r.PolicyChanged(ctx)
@@ -176,11 +177,11 @@ func RunWithConfig(ctx context.Context, o *Options, cfg *rest.Config) error {
 		}
 		onError := func(err error) {
 			m.reloads.WithLabelValues("error").Inc()
-			log.Error(err, "Kept the previous policy: the policy file is invalid", "file", o.PolicyFile, "digest", policy().Digest())
+			log.Error(err, "Kept the previous policy: the policy file is invalid", "file", o.PolicyFile, "digest", policy().Digest)
 			if self == nil {
 				return
 			}
-			note := fmt.Sprintf("kept policy %s: %v", policy().Digest(), err)
+			note := fmt.Sprintf("kept policy %s: %v", policy().Digest, err)
 			if err := events.Event(ctx, self, "Pod", "v1", corev1.EventTypeWarning, "PolicyReloadFailed", "ReloadPolicy", note); err != nil {
 				log.Error(err, "Failed to record the policy reload Event")
 			}
@@ -190,9 +191,9 @@ func RunWithConfig(ctx context.Context, o *Options, cfg *rest.Config) error {
 			return fmt.Errorf("refusing to start: %w", err)
 		}
 		watcher, policy = w, w.Current
-		log.Info("Loaded the policy", "file", o.PolicyFile, "digest", w.Current().Digest())
+		log.Info("Loaded the policy", "file", o.PolicyFile, "digest", w.Current().Digest)
 	}
-	m.setPolicy(policy().Digest())
+	m.setPolicy(policy().Digest)
 
 	var webhookServer *webhook.Server
 	if o.WebhookCertDir != "" {
@@ -224,14 +225,19 @@ func RunWithConfig(ctx context.Context, o *Options, cfg *rest.Config) error {
 	}
 	events = &approver.EventRecorder{Client: mgr.GetClient(), Instance: o.instance(), Namespace: o.EventsNamespace}
 	r = &approver.Reconciler{
-		Client:     mgr.GetClient(),
-		APIReader:  mgr.GetAPIReader(),
-		Policy:     policy,
-		Authorizer: approver.SARAuthorizer{Client: mgr.GetClient()},
-		Nodes:      approver.CachedNodes{Reader: mgr.GetCache()},
-		Events:     events,
-		Metrics:    approver.NewMetrics(ctrlmetrics.Registry, mgr.GetCache()),
-		Expiry:     &approver.ExpiryTracker{Horizon: o.CertificateExpiryHorizon},
+		Client:    mgr.GetClient(),
+		APIReader: mgr.GetAPIReader(),
+		Policy:    policy,
+		Facts: &approver.Gatherer{
+			Authorizer: approver.SARAuthorizer{Client: mgr.GetClient()},
+			Nodes:      approver.CachedNodes{Reader: mgr.GetCache()},
+			Heartbeats: approver.LeaseHeartbeats{Leases: mgr.GetAPIReader(), Nodes: mgr.GetCache()},
+			Pending:    approver.IndexedPending{Reader: mgr.GetClient()},
+			Clock:      clock.RealClock{},
+		},
+		Events:  events,
+		Metrics: approver.NewMetrics(ctrlmetrics.Registry, mgr.GetCache()),
+		Expiry:  &approver.ExpiryTracker{Horizon: o.CertificateExpiryHorizon},
 	}
 	// Replace the collector of an earlier run in the same process (tests).
 	ctrlmetrics.Registry.Unregister(r.Expiry)
@@ -256,7 +262,14 @@ func RunWithConfig(ctx context.Context, o *Options, cfg *rest.Config) error {
 			}
 		}
 		err := webhook.Register(mgr, webhook.Options{
-			Policy: policy, Nodes: approver.CachedNodes{Reader: mgr.GetCache()}, Self: o.SelfUsername,
+			Policy: policy, Self: o.SelfUsername,
+			// The Node from the cache; the Lease (only for a bootstrap
+			// request whose Node exists) with one bounded read.
+			Facts: &approver.Gatherer{
+				Nodes:      approver.CachedNodes{Reader: mgr.GetCache()},
+				Heartbeats: approver.LeaseHeartbeats{Leases: mgr.GetAPIReader(), Nodes: mgr.GetCache()},
+				Clock:      clock.RealClock{},
+			},
 			Events: events, Registry: ctrlmetrics.Registry,
 		})
 		if err != nil {

@@ -439,7 +439,7 @@ func setPolicy(t *testing.T, yaml string) {
 		t.Fatal(err)
 	}
 	writeAtomically(t, policyFile, yaml)
-	waitForPolicy(t, p.Digest())
+	waitForPolicy(t, p.Digest)
 }
 
 func waitForPolicy(t *testing.T, digest string) {
@@ -489,7 +489,7 @@ func TestPolicyReloadTakesEffectWithoutRestart(t *testing.T) {
 	if err != nil {
 		t.Fatal("a broken policy file was not reported in nodecsr_policy_reloads_total{result=error}")
 	}
-	waitForPolicy(t, p.Digest())
+	waitForPolicy(t, p.Digest)
 	var ev []eventsv1.Event
 	err = wait.PollUntilContextTimeout(t.Context(), 50*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
 		list, err := admin.EventsV1().Events(podNS).List(ctx, metav1.ListOptions{})

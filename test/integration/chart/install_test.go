@@ -337,6 +337,8 @@ func TestChartRBACIsEnoughAndNoMore(t *testing.T) {
 		"update Nodes":                              res("", "nodes", "", "update", "", ""),
 		"create Pods":                               res("", "pods", "", "create", "", ns),
 		"create Leases in kube-system":              res("coordination.k8s.io", "leases", "", "create", "", "kube-system"),
+		"list node Leases":                          res("coordination.k8s.io", "leases", "", "list", "", "kube-node-lease"),
+		"update a node's Lease":                     res("coordination.k8s.io", "leases", "", "update", "worker-1", "kube-node-lease"),
 		"delete its Lease":                          res("coordination.k8s.io", "leases", "", "delete", r.opts.LeaderElectionID, ns),
 		"create Events in kube-system":              res("events.k8s.io", "events", "", "create", "", "kube-system"),
 		"delete Events":                             res("events.k8s.io", "events", "", "delete", "", r.opts.EventsNamespace),
@@ -353,6 +355,7 @@ func TestChartRBACIsEnoughAndNoMore(t *testing.T) {
 		"create SubjectAccessReviews":           res("authorization.k8s.io", "subjectaccessreviews", "", "create", "", ""),
 		"watch Nodes":                           res("", "nodes", "", "watch", "", ""),
 		"update its Lease":                      res("coordination.k8s.io", "leases", "", "update", r.opts.LeaderElectionID, ns),
+		"get a node's heartbeat Lease":          res("coordination.k8s.io", "leases", "", "get", "worker-1", "kube-node-lease"),
 		"create Events about CSRs":              res("events.k8s.io", "events", "", "create", "", r.opts.EventsNamespace),
 	}
 	for what, attrs := range mayNot {

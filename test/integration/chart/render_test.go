@@ -46,6 +46,12 @@ var wantOwnNamespaceRules = []rbacv1.PolicyRule{
 	{APIGroups: []string{""}, Resources: []string{"events"}, Verbs: []string{"create", "patch"}},
 }
 
+// wantHeartbeatRules: a node's heartbeat Lease, read one at a time (never
+// listed or watched) for a bootstrap request for an existing Node.
+var wantHeartbeatRules = []rbacv1.PolicyRule{
+	{APIGroups: []string{"coordination.k8s.io"}, Resources: []string{"leases"}, Verbs: []string{"get"}},
+}
+
 // wantEventsNamespaceRules: the Events about CSRs.
 var wantEventsNamespaceRules = []rbacv1.PolicyRule{
 	{APIGroups: []string{"events.k8s.io"}, Resources: []string{"events"}, Verbs: []string{"create"}},
@@ -65,6 +71,8 @@ func TestRenderDefaults(t *testing.T) {
 		"ConfigMap/" + ns + "/" + fullname + "-policy",
 		"ClusterRole/" + fullname,
 		"ClusterRoleBinding/" + fullname,
+		"Role/kube-node-lease/" + fullname + "-node-heartbeats",
+		"RoleBinding/kube-node-lease/" + fullname + "-node-heartbeats",
 		"Role/" + ns + "/" + fullname,
 		"RoleBinding/" + ns + "/" + fullname,
 		"Role/default/" + fullname + "-events",
@@ -85,7 +93,7 @@ func TestRenderDefaults(t *testing.T) {
 
 	// The policy is the default policy, and it loads.
 	p := policyOf(t, r.objs, fullname)
-	if got, want := p.Digest(), config.Default().Digest(); got != want {
+	if got, want := p.Digest, config.Default().Digest; got != want {
 		t.Errorf("default policy digest %s, want the built-in default's %s", got, want)
 	}
 
@@ -191,6 +199,8 @@ func TestRenderNonDefaultValues(t *testing.T) {
 		"ConfigMap/" + ns + "/" + fullname + "-policy",
 		"ClusterRole/" + fullname,
 		"ClusterRoleBinding/" + fullname,
+		"Role/kube-node-lease/" + fullname + "-node-heartbeats",
+		"RoleBinding/kube-node-lease/" + fullname + "-node-heartbeats",
 		"Role/" + ns + "/" + fullname,
 		"RoleBinding/" + ns + "/" + fullname,
 		"Role/nodecsr-events/" + fullname + "-events",
@@ -213,11 +223,11 @@ func TestRenderNonDefaultValues(t *testing.T) {
 
 	// The strict policy loads, with the quoted all-digit token ID intact.
 	p := policyOf(t, r.objs, fullname)
-	if !p.Spec.Keys.KeyEnciphermentRequiresRSA || p.Spec.Lifetime.MaxExpirationSeconds != 2592000 {
-		t.Errorf("policy lost values: %+v", p.Spec)
+	if !p.Source.Spec.Keys.KeyEnciphermentRequiresRSA || p.Source.Spec.Lifetime.MaxExpirationSeconds != 2592000 {
+		t.Errorf("policy lost values: %+v", p.Source.Spec)
 	}
-	if bound, allowed := p.TokenAllowsNodeName("123456", "gpu-a1"); !bound || !allowed {
-		t.Errorf("token binding 123456 → gpu-* lost: bound %v, allowed %v", bound, allowed)
+	if rule, bound := p.Bootstrap.TokenBindings["123456"]; !bound || !rule.Allows("gpu-a1") {
+		t.Errorf("token binding 123456 → gpu-* lost: bound %v, rule %+v", bound, rule)
 	}
 	if pat, denied := p.NodeNameDenied("control-plane-1"); !denied {
 		t.Errorf("control-plane-1 is not denied (pattern %q)", pat)
@@ -494,7 +504,7 @@ func assertCommonLabels(t *testing.T, objs []*unstructured.Unstructured, release
 	}
 }
 
-func policyOf(t *testing.T, objs []*unstructured.Unstructured, fullname string) *config.Policy {
+func policyOf(t *testing.T, objs []*unstructured.Unstructured, fullname string) *config.Effective {
 	t.Helper()
 	cm := convert[corev1.ConfigMap](t, find(t, objs, "ConfigMap", fullname+"-policy"))
 	p, err := config.Parse([]byte(cm.Data["policy.yaml"]))
@@ -655,6 +665,8 @@ func assertRBAC(t *testing.T, objs []*unstructured.Unstructured, fullname, ns, e
 			want = wantOwnNamespaceRules
 		case r.Name == fullname+"-events" && r.Namespace == eventsNS:
 			want = wantEventsNamespaceRules
+		case r.Name == fullname+"-node-heartbeats" && r.Namespace == "kube-node-lease":
+			want = wantHeartbeatRules
 		default:
 			t.Errorf("unexpected Role %s/%s", r.Namespace, r.Name)
 			continue

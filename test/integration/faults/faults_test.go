@@ -335,8 +335,8 @@ func TestBrokenPolicyReloadUnderLoad(t *testing.T) {
 	}
 	name := uniqueName("nodecsr-reload")
 	r := startReplica(t, replicaOptions{name: name, policy: policy})
-	if r.metric(t, "nodecsr_policy_info", map[string]string{"digest": p.Digest()}) != 1 {
-		t.Fatalf("policy %s is not in force", p.Digest())
+	if r.metric(t, "nodecsr_policy_info", map[string]string{"digest": p.Digest}) != 1 {
+		t.Fatalf("policy %s is not in force", p.Digest)
 	}
 
 	var (
@@ -420,8 +420,8 @@ func TestBrokenPolicyReloadUnderLoad(t *testing.T) {
 	if err != nil {
 		t.Errorf("no PolicyReloadFailed Event about %s: %v", name, err)
 	} else {
-		if warning.Type != corev1.EventTypeWarning || !strings.Contains(warning.Note, "Sometimes") || !strings.Contains(warning.Note, p.Digest()) {
-			t.Errorf("PolicyReloadFailed Event %s %q; want a Warning naming the problem and the policy kept (%s)", warning.Type, warning.Note, p.Digest())
+		if warning.Type != corev1.EventTypeWarning || !strings.Contains(warning.Note, "Sometimes") || !strings.Contains(warning.Note, p.Digest) {
+			t.Errorf("PolicyReloadFailed Event %s %q; want a Warning naming the problem and the policy kept (%s)", warning.Type, warning.Note, p.Digest)
 		}
 		t.Logf("Event %s/%s on %s/%s: %s", warning.Type, warning.Reason, warning.Regarding.Namespace, warning.Regarding.Name, warning.Note)
 	}
@@ -436,7 +436,7 @@ func TestBrokenPolicyReloadUnderLoad(t *testing.T) {
 	}
 	expectOneDecisionEach(t, filed)
 	t.Logf("%d CSRs decided, %d filed after the policy file broke, all under the old policy", len(filed), late)
-	if v := r.metric(t, "nodecsr_policy_info", map[string]string{"digest": p.Digest()}); v != 1 {
-		t.Errorf("nodecsr_policy_info{digest=%q} = %v, want 1 (the old policy kept)", p.Digest(), v)
+	if v := r.metric(t, "nodecsr_policy_info", map[string]string{"digest": p.Digest}); v != 1 {
+		t.Errorf("nodecsr_policy_info{digest=%q} = %v, want 1 (the old policy kept)", p.Digest, v)
 	}
 }

@@ -32,6 +32,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/klog/v2/textlogger"
+	"k8s.io/utils/clock"
 	ctrl "sigs.k8s.io/controller-runtime"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
@@ -79,7 +80,7 @@ type env struct {
 	port   int
 	ca     *cluster.CA
 	vol    *secretVolume
-	policy atomic.Pointer[config.Policy]
+	policy atomic.Pointer[config.Effective]
 	reg    *prometheus.Registry
 	admin  kubernetes.Interface
 
@@ -90,7 +91,7 @@ type env struct {
 // startEnv starts a manager serving the webhooks with policy p, registers
 // the webhook configurations and waits until the API server calls them.
 // Everything is stopped and deleted when the test ends.
-func startEnv(t *testing.T, p *config.Policy) *env {
+func startEnv(t *testing.T, p *config.Effective) *env {
 	t.Helper()
 	e := &env{t: t, name: "nodecsr-it-" + strings.ToLower(strings.ReplaceAll(t.Name(), "/", "-")), admin: testCluster.AdminClient(), reg: prometheus.NewRegistry()}
 	e.policy.Store(p)
@@ -128,7 +129,7 @@ func startEnv(t *testing.T, p *config.Policy) *env {
 	}
 	err = webhook.Register(mgr, webhook.Options{
 		Policy:   e.policy.Load,
-		Nodes:    approver.CachedNodes{Reader: mgr.GetCache()},
+		Facts:    &approver.Gatherer{Nodes: approver.CachedNodes{Reader: mgr.GetCache()}, Heartbeats: approver.LeaseHeartbeats{Leases: mgr.GetAPIReader(), Nodes: mgr.GetCache()}, Clock: clock.RealClock{}},
 		Self:     selfUser,
 		Events:   &approver.EventRecorder{Client: mgr.GetClient(), Instance: "it", Namespace: metav1.NamespaceDefault},
 		Registry: e.reg,

@@ -39,14 +39,15 @@ func hostileCSR(prefix, nodeName string) *certificatesv1.CertificateSigningReque
 		csrtest.WithUsages(serverAuth...))
 }
 
-func mustPolicy(t *testing.T, mut func(*config.Spec)) *config.Policy {
+func mustPolicy(t *testing.T, mut func(*config.Spec)) *config.Effective {
 	t.Helper()
-	p := &config.Policy{}
+	p := &config.Policy{APIVersion: config.APIVersion, Kind: config.Kind}
 	mut(&p.Spec)
-	if err := p.Complete(); err != nil {
+	e, err := config.Compile(p)
+	if err != nil {
 		t.Fatal(err)
 	}
-	return p
+	return e
 }
 
 func TestRejectsHopelessCSR(t *testing.T) {
@@ -147,7 +148,7 @@ func TestAdmitsLabelsAnnotatesAndCaps(t *testing.T) {
 	// The Node may reach the webhook's cache a moment after it is created.
 	err = wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, pollTimeout, true, func(ctx context.Context) (bool, error) {
 		got, err = node.Create(ctx, csr, metav1.CreateOptions{})
-		if err != nil && strings.Contains(err.Error(), approver.ReasonNodeNotFound) {
+		if err != nil && strings.Contains(err.Error(), approver.ReasonWaitingForNode) {
 			return false, nil
 		}
 		return true, err
