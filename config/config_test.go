@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"k8s.io/apimachinery/pkg/util/validation/field"
 	sigsyaml "sigs.k8s.io/yaml"
@@ -20,16 +21,22 @@ func TestParseExample(t *testing.T) {
 	if err != nil {
 		t.Fatalf("example policy: %v", err)
 	}
-	if got := p.Spec.NodeNames.Denied; !slices.Equal(got, []string{"control-plane-.*"}) {
+	if got := p.Source.Spec.NodeNames.Denied; !slices.Equal(got, []string{"control-plane-.*"}) {
 		t.Errorf("denied = %v", got)
 	}
-	if p.Spec.ApprovalGuard.Mode != GuardOff {
-		t.Errorf("approvalGuard.mode = %q", p.Spec.ApprovalGuard.Mode)
+	if len(p.NodeNames.Denied) != 1 || p.NodeNames.Denied[0].Source != "control-plane-.*" {
+		t.Errorf("compiled denied = %+v", p.NodeNames.Denied)
 	}
-	if p.Spec.Lifetime.MaxExpirationSeconds != 2592000 || *p.Spec.Lifetime.DefaultExpirationSeconds != 604800 {
-		t.Errorf("lifetime = %+v", p.Spec.Lifetime)
+	if p.Source.Spec.ApprovalGuard.Mode != GuardOff || p.Guard.Mode != GuardOff {
+		t.Errorf("approvalGuard.mode = %q (compiled %q)", p.Source.Spec.ApprovalGuard.Mode, p.Guard.Mode)
 	}
-	if bound, ok := p.TokenAllowsNodeName("abcdef", "gpu-a1"); !bound || !ok {
+	if p.Source.Spec.Lifetime.MaxExpirationSeconds != 2592000 || *p.Source.Spec.Lifetime.DefaultExpirationSeconds != 604800 {
+		t.Errorf("lifetime = %+v", p.Source.Spec.Lifetime)
+	}
+	if p.Lifetime != (LifetimeRules{MaxExpirationSeconds: 2592000, DefaultExpirationSeconds: 604800}) {
+		t.Errorf("compiled lifetime = %+v", p.Lifetime)
+	}
+	if rule, bound := p.Bootstrap.TokenBindings["abcdef"]; !bound || !rule.Allows("gpu-a1") {
 		t.Error("token abcdef should be bound to gpu-a1")
 	}
 	if _, denied := p.NodeNameDenied("control-plane-1"); !denied {
@@ -42,13 +49,14 @@ func TestParseExample(t *testing.T) {
 
 func TestDefaults(t *testing.T) {
 	p := Default()
-	s := p.Spec
+	s := p.Source.Spec
 	want := Spec{
 		Mode:        ModeEnforce,
 		OnViolation: ViolationDeny,
 		Bootstrap: Bootstrap{
 			Enabled:   ptrTo(true),
 			Groups:    []string{"system:bootstrappers"},
+			Recovery:  Recovery{Enabled: ptrTo(true), StaleAfterSeconds: ptrTo[int32](300)},
 			RateLimit: RateLimit{PerMinute: ptrTo[int32](60), Burst: ptrTo[int32](20)},
 		},
 		Renewal: Renewal{RequireNodeExists: ptrTo(true)},
@@ -66,14 +74,20 @@ func TestDefaults(t *testing.T) {
 	if s.Keys.Ed25519 || s.Keys.KeyEnciphermentRequiresRSA || s.Bootstrap.AllowExistingNode || s.Bootstrap.RequireTokenBinding {
 		t.Error("opt-in strictness is on by default")
 	}
+	if p.Source.APIVersion != APIVersion || p.Source.Kind != Kind {
+		t.Errorf("source header %q %q", p.Source.APIVersion, p.Source.Kind)
+	}
 
 	// The empty policy file is the default policy.
 	parsed, err := Parse([]byte(header))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if parsed.Digest() != p.Digest() || len(p.Digest()) != 12 {
-		t.Errorf("digest %q of the empty file, %q of Default()", parsed.Digest(), p.Digest())
+	if parsed.Digest != p.Digest || len(p.Digest) != 12 {
+		t.Errorf("digest %q of the empty file, %q of Default()", parsed.Digest, p.Digest)
+	}
+	if !reflect.DeepEqual(parsed.Source, p.Source) {
+		t.Errorf("the empty file is not the default policy:\n got %+v\nwant %+v", parsed.Source, p.Source)
 	}
 
 	// SetDefaults is idempotent and keeps explicit values, even empty ones.
@@ -90,19 +104,19 @@ func TestParseExplicitEmptyLists(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(p.ECDSACurves()) != 0 || p.CurveAllowed(CurveP256) {
-		t.Errorf("curves: [] should allow no curve, got %v", p.ECDSACurves())
+	if len(p.Keys.ECDSACurves) != 0 || p.Keys.CurveAllowed(CurveP256) {
+		t.Errorf("curves: [] should allow no curve, got %v", p.Keys.ECDSACurves)
 	}
-	if p.Spec.ApprovalGuard.AllowedGroups == nil || len(p.Spec.ApprovalGuard.AllowedGroups) != 0 {
-		t.Errorf("allowedGroups: [] should stay empty, got %v", p.Spec.ApprovalGuard.AllowedGroups)
+	if p.Source.Spec.ApprovalGuard.AllowedGroups == nil || len(p.Source.Spec.ApprovalGuard.AllowedGroups) != 0 || len(p.Guard.AllowedGroups) != 0 {
+		t.Errorf("allowedGroups: [] should stay empty, got %v (compiled %v)", p.Source.Spec.ApprovalGuard.AllowedGroups, p.Guard.AllowedGroups)
 	}
 	// null means unset.
 	p, err = Parse([]byte(header + "spec:\n  keys:\n    ecdsa:\n      curves: null\n"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !p.CurveAllowed(CurveP256) {
-		t.Error("curves: null should be the default")
+	if !p.Keys.CurveAllowed(CurveP256) || !p.Keys.CurveAllowed(CurveP384) || p.Keys.CurveAllowed(CurveP521) {
+		t.Errorf("curves: null should be the default, got %v", p.Keys.ECDSACurves)
 	}
 }
 
@@ -236,6 +250,46 @@ func TestParseErrors(t *testing.T) {
 			want: []string{"spec.mode", `Unsupported value: "enforce"`, `"Enforce"`, `"DryRun"`},
 			line: 4,
 		},
+		"staleAfterSeconds below the minimum": {
+			in:   header + "spec:\n  bootstrap:\n    recovery:\n      staleAfterSeconds: 10\n",
+			want: []string{"spec.bootstrap.recovery.staleAfterSeconds", "must be at least 60", "Invalid value: 10"},
+			line: 6,
+		},
+		"recovery.enabled not a boolean": {
+			in:   header + "spec:\n  bootstrap:\n    recovery:\n      enabled: \"no\"\n",
+			want: []string{"spec.bootstrap.recovery.enabled", "expected true or false"},
+			line: 6,
+		},
+		"unknown field in recovery": {
+			in:   header + "spec:\n  bootstrap:\n    recovery:\n      staleAfterSecond: 600\n",
+			want: []string{"spec.bootstrap.recovery", `unknown field "staleAfterSecond"`, `did you mean "staleAfterSeconds"?`},
+			line: 6,
+		},
+		"node user as a bootstrap user": {
+			in:   header + "spec:\n  bootstrap:\n    users:\n      - kubelet\n      - system:node:x\n",
+			want: []string{"spec.bootstrap.users[1]", `"system:node:x"`, "must not be a node, service account or anonymous user"},
+			line: 7,
+		},
+		"service account as a bootstrap user": {
+			in:   header + "spec:\n  bootstrap:\n    users: [\"system:serviceaccount:kube-system:default\"]\n",
+			want: []string{"spec.bootstrap.users[0]", "must not be a node, service account or anonymous user"},
+			line: 5,
+		},
+		"anonymous as a bootstrap user": {
+			in:   header + "spec:\n  bootstrap:\n    users: [\"system:anonymous\"]\n",
+			want: []string{"spec.bootstrap.users[0]", "must not be a node, service account or anonymous user"},
+			line: 5,
+		},
+		"duplicate bootstrap user": {
+			in:   header + "spec:\n  bootstrap:\n    users:\n      - kubelet\n      - kubelet\n",
+			want: []string{"spec.bootstrap.users[1]", "Duplicate value"},
+			line: 7,
+		},
+		"tokenBindings allowExistingNode not a boolean": {
+			in:   header + "spec:\n  bootstrap:\n    tokenBindings:\n      - tokenID: \"abcdef\"\n        nodeNames: [\"a\"]\n        allowExistingNode: 1\n",
+			want: []string{"spec.bootstrap.tokenBindings[0].allowExistingNode", "expected true or false", "an integer 1"},
+			line: 8,
+		},
 		"Off unquoted is the string Off": {
 			in:   header + "spec:\n  approvalGuard:\n    mode: Of\n",
 			want: []string{"spec.approvalGuard.mode", `Unsupported value: "Of"`},
@@ -286,8 +340,8 @@ func TestParseAcceptsOffAndQuotedValues(t *testing.T) {
 		if err != nil {
 			t.Fatalf("mode %s: %v", v, err)
 		}
-		if string(p.Spec.ApprovalGuard.Mode) != strings.Trim(v, `"`) {
-			t.Errorf("mode %s parsed as %q", v, p.Spec.ApprovalGuard.Mode)
+		if string(p.Source.Spec.ApprovalGuard.Mode) != strings.Trim(v, `"`) || string(p.Guard.Mode) != strings.Trim(v, `"`) {
+			t.Errorf("mode %s parsed as %q (compiled %q)", v, p.Source.Spec.ApprovalGuard.Mode, p.Guard.Mode)
 		}
 	}
 }
@@ -301,6 +355,9 @@ func TestValidateReportsEverything(t *testing.T) {
     denied: [""]
   bootstrap:
     groups: ["system:authenticated", ""]
+    users: ["system:node:worker-1"]
+    recovery:
+      staleAfterSeconds: 0
     tokenBindings:
       - tokenID: "ABCDEF"
         nodeNames: []
@@ -346,6 +403,8 @@ func TestValidateReportsEverything(t *testing.T) {
 		"spec.nodeNames.denied[0]",
 		"spec.bootstrap.groups[0]",
 		"spec.bootstrap.groups[1]",
+		"spec.bootstrap.users[0]",
+		"spec.bootstrap.recovery.staleAfterSeconds",
 		"spec.bootstrap.tokenBindings[0].tokenID",
 		"spec.bootstrap.tokenBindings[0].nodeNames",
 		"spec.bootstrap.tokenBindings[2].tokenID",
@@ -402,36 +461,156 @@ func TestValidateRules(t *testing.T) {
 			mutate: func(s *Spec) { s.Bootstrap.TokenBindings = []TokenBinding{{NodeNames: []string{"a"}}} },
 			want:   field.ErrorTypeRequired, field: "spec.bootstrap.tokenBindings[0].tokenID",
 		},
+		"token binding allowing existing nodes without names": {
+			mutate: func(s *Spec) {
+				s.Bootstrap.TokenBindings = []TokenBinding{{TokenID: "abcdef", AllowExistingNode: true}}
+			},
+			want: field.ErrorTypeRequired, field: "spec.bootstrap.tokenBindings[0].nodeNames",
+		},
 		"pattern too long": {
 			mutate: func(s *Spec) { s.NodeNames.Allowed = []string{strings.Repeat("a", 2000)} },
 			want:   field.ErrorTypeInvalid, field: "spec.nodeNames.allowed[0]",
 		},
+		"staleAfterSeconds below the minimum": {
+			mutate: func(s *Spec) { s.Bootstrap.Recovery.StaleAfterSeconds = ptrTo[int32](10) },
+			want:   field.ErrorTypeInvalid, field: "spec.bootstrap.recovery.staleAfterSeconds",
+		},
+		"staleAfterSeconds just below the minimum": {
+			mutate: func(s *Spec) { s.Bootstrap.Recovery.StaleAfterSeconds = ptrTo[int32](MinStaleAfterSeconds - 1) },
+			want:   field.ErrorTypeInvalid, field: "spec.bootstrap.recovery.staleAfterSeconds",
+		},
+		"negative staleAfterSeconds": {
+			mutate: func(s *Spec) { s.Bootstrap.Recovery.StaleAfterSeconds = ptrTo[int32](-300) },
+			want:   field.ErrorTypeInvalid, field: "spec.bootstrap.recovery.staleAfterSeconds",
+		},
+		"node user as a bootstrap user": {
+			mutate: func(s *Spec) { s.Bootstrap.Users = []string{"kubelet", "system:node:x"} },
+			want:   field.ErrorTypeInvalid, field: "spec.bootstrap.users[1]",
+		},
+		"service account as a bootstrap user": {
+			mutate: func(s *Spec) { s.Bootstrap.Users = []string{"system:serviceaccount:kube-system:default"} },
+			want:   field.ErrorTypeInvalid, field: "spec.bootstrap.users[0]",
+		},
+		"anonymous as a bootstrap user": {
+			mutate: func(s *Spec) { s.Bootstrap.Users = []string{"system:anonymous"} },
+			want:   field.ErrorTypeInvalid, field: "spec.bootstrap.users[0]",
+		},
+		"empty bootstrap user": {
+			mutate: func(s *Spec) { s.Bootstrap.Users = []string{""} },
+			want:   field.ErrorTypeRequired, field: "spec.bootstrap.users[0]",
+		},
+		"duplicate bootstrap user": {
+			mutate: func(s *Spec) { s.Bootstrap.Users = []string{"kubelet", "kubelet"} },
+			want:   field.ErrorTypeDuplicate, field: "spec.bootstrap.users[1]",
+		},
 	}
 	for name, tc := range cases {
 		t.Run(name, func(t *testing.T) {
-			p := Default()
+			p := &Policy{APIVersion: APIVersion, Kind: Kind}
 			tc.mutate(&p.Spec)
+			before := *deepCopySpec(&p.Spec)
+			e, err := Compile(p)
+			if err == nil || e != nil {
+				t.Fatalf("Compile accepted an invalid policy: %v, %v", e, err)
+			}
+			if !strings.Contains(err.Error(), tc.field) {
+				t.Errorf("Compile error %q does not name %s", err, tc.field)
+			}
+			if !reflect.DeepEqual(p.Spec, before) {
+				t.Errorf("Compile changed its argument:\n got %+v\nwant %+v", p.Spec, before)
+			}
+			p.SetDefaults()
 			errs := p.Validate()
 			if len(errs) != 1 || errs[0].Type != tc.want || errs[0].Field != tc.field {
 				t.Errorf("errors %v, want one %s at %s", errs, tc.want, tc.field)
-			}
-			if p.Complete() == nil {
-				t.Error("Complete accepted an invalid policy")
 			}
 		})
 	}
 
 	// Valid boundaries.
-	p := Default()
+	p := &Policy{APIVersion: APIVersion, Kind: Kind}
 	p.Spec.Bootstrap.Enabled = ptrTo(false)
 	p.Spec.Bootstrap.Groups = []string{}
+	p.Spec.Bootstrap.Users = []string{"kubelet", "system:bootstrap:abcdef"}
+	p.Spec.Bootstrap.Recovery = Recovery{Enabled: ptrTo(false), StaleAfterSeconds: ptrTo[int32](MinStaleAfterSeconds)}
+	p.Spec.Bootstrap.TokenBindings = []TokenBinding{{TokenID: "abcdef", NodeNames: []string{"gpu-.*"}, AllowExistingNode: true}}
 	p.Spec.Bootstrap.RateLimit = RateLimit{PerMinute: ptrTo[int32](0), Burst: ptrTo[int32](0)}
 	p.Spec.Keys.RSA.MinBits, p.Spec.Keys.RSA.MaxBits = 8192, 8192
 	p.Spec.Lifetime.MaxExpirationSeconds = 600
 	p.Spec.Lifetime.DefaultExpirationSeconds = ptrTo[int32](600)
 	p.Spec.Limits.MaxPendingPerNode = ptrTo[int32](0)
+	e, err := Compile(p)
+	if err != nil {
+		t.Fatalf("valid boundaries rejected: %v", err)
+	}
+	b := e.Bootstrap
+	if b.Enabled || len(b.Groups) != 0 || !slices.Equal(b.Users, []string{"kubelet", "system:bootstrap:abcdef"}) || b.RecoveryEnabled || b.StaleAfter != time.Minute {
+		t.Errorf("compiled bootstrap %+v", b)
+	}
+	if rule, ok := b.TokenBindings["abcdef"]; !ok || !rule.AllowExistingNode || !rule.Allows("gpu-1") || rule.Allows("worker-1") {
+		t.Errorf("compiled token binding %+v", b.TokenBindings)
+	}
+	if b.RateLimitPerMinute != 0 || b.RateLimitBurst != 0 {
+		t.Errorf("compiled rate limit %d/%d", b.RateLimitPerMinute, b.RateLimitBurst)
+	}
+	if e.Keys.RSAMinBits != 8192 || e.Keys.RSAMaxBits != 8192 || e.Lifetime != (LifetimeRules{MaxExpirationSeconds: 600, DefaultExpirationSeconds: 600}) || e.Limits.MaxPendingPerNode != 0 {
+		t.Errorf("compiled keys %+v, lifetime %+v, limits %+v", e.Keys, e.Lifetime, e.Limits)
+	}
+	if !e.IsBootstrapUser("kubelet") || e.IsBootstrapUser("alice") {
+		t.Error("IsBootstrapUser does not follow spec.bootstrap.users")
+	}
+	// SetDefaults keeps every value set above.
+	p.SetDefaults()
 	if errs := p.Validate(); len(errs) > 0 {
-		t.Errorf("valid boundaries rejected: %v", errs)
+		t.Errorf("valid boundaries rejected by Validate: %v", errs)
+	}
+	if *p.Spec.Bootstrap.Recovery.Enabled || *p.Spec.Bootstrap.Recovery.StaleAfterSeconds != MinStaleAfterSeconds {
+		t.Errorf("SetDefaults changed recovery: %+v", p.Spec.Bootstrap.Recovery)
+	}
+}
+
+// The new bootstrap fields parse into the compiled policy.
+func TestParseBootstrapUsersAndRecovery(t *testing.T) {
+	p, err := Parse([]byte(header + `spec:
+  bootstrap:
+    users: ["kubelet"]
+    recovery:
+      enabled: false
+      staleAfterSeconds: 600
+    tokenBindings:
+      - tokenID: "abcdef"
+        nodeNames: ["gpu-[0-9]+"]
+        allowExistingNode: true
+      - tokenID: "ghijkl"
+        nodeNames: ["edge-[0-9]+"]
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := p.Bootstrap
+	if !slices.Equal(b.Users, []string{"kubelet"}) || !p.IsBootstrapUser("kubelet") || p.IsBootstrapUser("system:bootstrap:abcdef") {
+		t.Errorf("users = %v", b.Users)
+	}
+	if b.RecoveryEnabled || b.StaleAfter != 10*time.Minute {
+		t.Errorf("recovery enabled %v, stale after %s; want false, 10m", b.RecoveryEnabled, b.StaleAfter)
+	}
+	if r := p.Source.Spec.Bootstrap.Recovery; *r.Enabled || *r.StaleAfterSeconds != 600 {
+		t.Errorf("source recovery %+v", r)
+	}
+	if r := b.TokenBindings["abcdef"]; !r.AllowExistingNode || !r.Allows("gpu-1") || r.Allows("gpu-x") {
+		t.Errorf("binding abcdef %+v", r)
+	}
+	if r, ok := b.TokenBindings["ghijkl"]; !ok || r.AllowExistingNode || !r.Allows("edge-1") {
+		t.Errorf("binding ghijkl %+v (present %v): allowExistingNode must default to false", r, ok)
+	}
+	if !b.Enabled || !slices.Equal(b.Groups, []string{DefaultBootstrapGroup}) || b.AllowExistingNode {
+		t.Errorf("the other bootstrap fields are not the defaults: %+v", b)
+	}
+
+	// Unset, recovery is on after five minutes, and no user is a bootstrapper.
+	d := Default()
+	if !d.Bootstrap.RecoveryEnabled || d.Bootstrap.StaleAfter != 5*time.Minute || len(d.Bootstrap.Users) != 0 || d.IsBootstrapUser("kubelet") {
+		t.Errorf("default bootstrap %+v", d.Bootstrap)
 	}
 }
 
@@ -448,48 +627,112 @@ func TestDigest(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if a.Digest() != b.Digest() {
-		t.Errorf("equivalent policies have digests %s and %s", a.Digest(), b.Digest())
+	if a.Digest != b.Digest {
+		t.Errorf("equivalent policies have digests %s and %s", a.Digest, b.Digest)
 	}
-	if a.Digest() == c.Digest() {
+	if a.Digest == c.Digest {
 		t.Error("different policies share a digest")
+	}
+	// Spelled-out defaults of the recovery fields do not change the digest;
+	// another value does.
+	spelled, err := Parse([]byte(header + "spec:\n  mode: Enforce\n  bootstrap:\n    recovery: {enabled: true, staleAfterSeconds: 300}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, err := Parse([]byte(header + "spec:\n  bootstrap:\n    recovery: {staleAfterSeconds: 301}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if spelled.Digest != c.Digest || spelled.Digest != Default().Digest {
+		t.Errorf("spelled-out defaults: digest %s, want %s", spelled.Digest, c.Digest)
+	}
+	if other.Digest == c.Digest {
+		t.Error("a different staleAfterSeconds shares the default digest")
+	}
+	// Compile gives a policy built in code the digest of the same file.
+	p := &Policy{APIVersion: APIVersion, Kind: Kind}
+	p.Spec.Mode = ModeDryRun
+	p.Spec.Keys.RSA.MinBits = 2048
+	e, err := Compile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if e.Digest != a.Digest {
+		t.Errorf("Compile digest %s, Parse digest %s", e.Digest, a.Digest)
 	}
 }
 
-func TestAccessorsOnUncompletedPolicy(t *testing.T) {
-	p := &Policy{}
-	if !p.BootstrapEnabled() || !p.RequireNodeExists() || !p.CollapseDuplicates() || !p.RSAEnabled() {
-		t.Error("boolean defaults")
+// Default and Compile yield plain, defaulted values: nothing downstream
+// defaults again.
+func TestEffectiveDefaults(t *testing.T) {
+	for name, p := range map[string]*Effective{
+		"Default":                  Default(),
+		"Compile of an empty spec": mustCompile(t, &Policy{}),
+	} {
+		t.Run(name, func(t *testing.T) {
+			if !p.Bootstrap.Enabled || !p.Renewal.RequireNodeExists || !p.Limits.CollapseDuplicates || !p.Keys.RSAEnabled || !p.Bootstrap.RecoveryEnabled {
+				t.Error("boolean defaults")
+			}
+			if p.Keys.Ed25519 || p.Keys.KeyEnciphermentRequiresRSA || p.Bootstrap.AllowExistingNode || p.Bootstrap.RequireTokenBinding {
+				t.Error("opt-in strictness is on by default")
+			}
+			if p.Limits.MaxPendingPerNode != 3 || p.Keys.MaxRequestBytes != 16384 {
+				t.Error("integer defaults")
+			}
+			if p.Keys.RSAMinBits != 2048 || p.Keys.RSAMaxBits != 4096 {
+				t.Error("RSA defaults")
+			}
+			if p.Bootstrap.RateLimitPerMinute != 60 || p.Bootstrap.RateLimitBurst != 20 {
+				t.Error("rate limit defaults")
+			}
+			if p.Bootstrap.StaleAfter != 300*time.Second {
+				t.Errorf("stale after %s, want 5m", p.Bootstrap.StaleAfter)
+			}
+			if !p.IsBootstrapGroup("system:bootstrappers") || p.IsBootstrapGroup("system:nodes") || !p.Keys.CurveAllowed(CurveP256) || !p.Keys.CurveAllowed(CurveP384) || p.Keys.CurveAllowed(CurveP521) {
+				t.Error("group or curve defaults")
+			}
+			if p.Mode != ModeEnforce || p.OnViolation != ViolationDeny || p.Guard.Mode != GuardOff {
+				t.Error("mode defaults")
+			}
+			if !slices.Equal(p.Guard.AllowedGroups, []string{"system:masters"}) || len(p.Guard.AllowedUsers) != 0 {
+				t.Errorf("guard defaults %+v", p.Guard)
+			}
+			if p.Lifetime != (LifetimeRules{}) {
+				t.Errorf("lifetime defaults %+v", p.Lifetime)
+			}
+			if len(p.NodeNames.Allowed) != 0 || len(p.NodeNames.Denied) != 0 || !p.NodeNameAllowed("anything") {
+				t.Error("node name defaults")
+			}
+			if _, denied := p.NodeNameDenied("anything"); denied {
+				t.Error("the default policy denies a name")
+			}
+			if p.Source.APIVersion != APIVersion || p.Source.Kind != Kind || len(p.Digest) != 12 || p.Digest != Default().Digest {
+				t.Errorf("source %q %q, digest %q", p.Source.APIVersion, p.Source.Kind, p.Digest)
+			}
+		})
 	}
-	if p.MaxPendingPerNode() != 3 || p.MaxRequestBytes() != 16384 {
-		t.Error("integer defaults")
+
+	// A policy whose patterns do not compile never becomes an Effective
+	// policy (there is no half-compiled policy to fail closed with).
+	for _, pats := range []NodeNames{{Denied: []string{"("}}, {Allowed: []string{"a)|(b"}}} {
+		e, err := Compile(&Policy{Spec: Spec{NodeNames: pats}})
+		if err == nil || e != nil {
+			t.Errorf("Compile of %+v = %v, %v; want an error", pats, e, err)
+		}
 	}
-	if lo, hi := p.RSABits(); lo != 2048 || hi != 4096 {
-		t.Error("RSA defaults")
+	tb := &Policy{Spec: Spec{Bootstrap: Bootstrap{TokenBindings: []TokenBinding{{TokenID: "abcdef", NodeNames: []string{"["}}}}}}
+	if e, err := Compile(tb); err == nil || e != nil || !strings.Contains(err.Error(), "spec.bootstrap.tokenBindings[0].nodeNames[0]") {
+		t.Errorf("Compile of a bad binding pattern = %v, %v", e, err)
 	}
-	if pm, b := p.RateLimit(); pm != 60 || b != 20 {
-		t.Error("rate limit defaults")
+}
+
+func mustCompile(t *testing.T, p *Policy) *Effective {
+	t.Helper()
+	e, err := Compile(p)
+	if err != nil {
+		t.Fatal(err)
 	}
-	if !p.IsBootstrapGroup("system:bootstrappers") || !p.CurveAllowed(CurveP256) || p.CurveAllowed(CurveP521) {
-		t.Error("group or curve defaults")
-	}
-	if p.EffectiveMode() != ModeEnforce || p.EffectiveOnViolation() != ViolationDeny {
-		t.Error("mode defaults")
-	}
-	if p.Ready() != nil {
-		t.Error("not ready")
-	}
-	p.Spec.NodeNames.Denied = []string{"("}
-	if p.Ready() == nil {
-		t.Error("a policy with a bad pattern is ready")
-	}
-	if _, denied := p.NodeNameDenied("anything"); !denied {
-		t.Error("a bad denied pattern must deny everything")
-	}
-	var nilPolicy *Policy
-	if nilPolicy.Ready() == nil {
-		t.Error("nil policy is ready")
-	}
+	return e
 }
 
 // docs/policy.md documents every field by its full path.
@@ -557,11 +800,19 @@ func FuzzParse(f *testing.F) {
 			}
 			return
 		}
-		if errs := p.Validate(); len(errs) > 0 {
+		if errs := p.Source.Validate(); len(errs) > 0 {
 			t.Fatalf("parsed policy does not validate: %v", errs)
 		}
-		if p.Ready() != nil || len(p.Digest()) != 12 {
-			t.Fatal("parsed policy not ready")
+		if len(p.Digest) != 12 {
+			t.Fatalf("digest %q", p.Digest)
+		}
+		// The source recompiles to the same policy.
+		again, err := Compile(&p.Source)
+		if err != nil {
+			t.Fatalf("the parsed policy's source does not compile: %v", err)
+		}
+		if again.Digest != p.Digest {
+			t.Fatalf("recompiled digest %s, parsed %s", again.Digest, p.Digest)
 		}
 	})
 }
@@ -595,8 +846,8 @@ func TestRoundTripThroughSigsYAML(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []*Policy{Default(), p, empty} {
-		out, err := sigsyaml.Marshal(want)
+	for _, want := range []*Effective{Default(), p, empty} {
+		out, err := sigsyaml.Marshal(want.Source)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -605,7 +856,7 @@ func TestRoundTripThroughSigsYAML(t *testing.T) {
 			t.Fatalf("parse of\n%s\n: %v", out, err)
 		}
 		// Lists where empty and unset mean the same may come back nil.
-		if got.Digest() != want.Digest() || len(got.BootstrapGroups()) != len(want.BootstrapGroups()) || len(got.ECDSACurves()) != len(want.ECDSACurves()) {
+		if got.Digest != want.Digest || len(got.Bootstrap.Groups) != len(want.Bootstrap.Groups) || len(got.Keys.ECDSACurves) != len(want.Keys.ECDSACurves) {
 			t.Errorf("round trip changed the policy:\n%s", out)
 		}
 	}

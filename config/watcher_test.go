@@ -19,11 +19,11 @@ const (
 // events records the watcher's callbacks.
 type events struct {
 	mu       sync.Mutex
-	policies []*Policy
+	policies []*Effective
 	errs     []error
 }
 
-func (e *events) onChange(p *Policy) {
+func (e *events) onChange(p *Effective) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	e.policies = append(e.policies, p)
@@ -88,8 +88,8 @@ func TestWatcherReload(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if w.Current().Spec.Mode != ModeEnforce {
-		t.Fatalf("initial mode %q", w.Current().Spec.Mode)
+	if w.Current().Mode != ModeEnforce {
+		t.Fatalf("initial mode %q", w.Current().Mode)
 	}
 	runWatcher(t, w)
 
@@ -102,7 +102,7 @@ func TestWatcherReload(t *testing.T) {
 
 	// A good change is picked up.
 	writeFile(t, path, policyText("DryRun"))
-	eventually(t, "reload", func() bool { return w.Current().Spec.Mode == ModeDryRun })
+	eventually(t, "reload", func() bool { return w.Current().Mode == ModeDryRun })
 	if c, _ := ev.counts(); c != 1 {
 		t.Errorf("%d onChange calls, want 1", c)
 	}
@@ -119,7 +119,7 @@ func TestWatcherReload(t *testing.T) {
 		t.Error("a bad file replaced the policy")
 	}
 	var pe *Error
-	if err := ev.lastErr(); !errors.As(err, &pe) || !strings.Contains(err.Error(), path+":4: spec.mode") || !strings.Contains(err.Error(), "keeping digest "+old.Digest()) {
+	if err := ev.lastErr(); !errors.As(err, &pe) || !strings.Contains(err.Error(), path+":4: spec.mode") || !strings.Contains(err.Error(), "keeping digest "+old.Digest) {
 		t.Errorf("error %q should name the file, the line and the policy kept", err)
 	}
 
@@ -129,7 +129,7 @@ func TestWatcherReload(t *testing.T) {
 
 	// Fixing the file reloads.
 	writeFile(t, path, policyText("Enforce"))
-	eventually(t, "recovery", func() bool { return w.Current().Spec.Mode == ModeEnforce })
+	eventually(t, "recovery", func() bool { return w.Current().Mode == ModeEnforce })
 
 	// A missing file is reported once and keeps the policy.
 	if err := os.Remove(path); err != nil {
@@ -140,11 +140,11 @@ func TestWatcherReload(t *testing.T) {
 	if _, e := ev.counts(); e != 3 {
 		t.Errorf("a missing file was reported %d times", e-2)
 	}
-	if w.Current().Spec.Mode != ModeEnforce {
+	if w.Current().Mode != ModeEnforce {
 		t.Error("a missing file changed the policy")
 	}
 	writeFile(t, path, policyText("DryRun"))
-	eventually(t, "file back", func() bool { return w.Current().Spec.Mode == ModeDryRun })
+	eventually(t, "file back", func() bool { return w.Current().Mode == ModeDryRun })
 }
 
 // A ConfigMap volume: the file is a symlink through ..data to a timestamped
@@ -189,12 +189,12 @@ func TestWatcherConfigMapSymlinkSwap(t *testing.T) {
 	if err := os.RemoveAll(filepath.Join(dir, "..2024_01_01_00_00_00.1")); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "reload after the swap", func() bool { return w.Current().Spec.Mode == ModeDryRun })
+	eventually(t, "reload after the swap", func() bool { return w.Current().Mode == ModeDryRun })
 
 	mkVersion("..2024_01_01_00_00_02.3", "kind: Nonsense\n")
 	swap("..2024_01_01_00_00_02.3")
 	eventually(t, "error after a bad swap", func() bool { _, e := ev.counts(); return e == 1 })
-	if w.Current().Spec.Mode != ModeDryRun {
+	if w.Current().Mode != ModeDryRun {
 		t.Error("a bad swap changed the policy")
 	}
 	if c, _ := ev.counts(); c != 1 {
@@ -224,7 +224,7 @@ func TestWatcherNilCallbacks(t *testing.T) {
 	w.Poll()
 	writeFile(t, path, policyText("DryRun"))
 	w.Poll()
-	if w.Current().Spec.Mode != ModeDryRun {
+	if w.Current().Mode != ModeDryRun {
 		t.Error("Poll did not reload")
 	}
 }

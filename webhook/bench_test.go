@@ -8,14 +8,15 @@ import (
 	"github.com/nodecsr/nodecsr/internal/csrtest"
 )
 
-// The handlers' cost over approver.Evaluate's own: decoding the admission
-// object, the node lookup, the response. Compare with BenchmarkEvaluate*.
+// The handlers' cost over approver.Inspect and approver.Decide's own:
+// decoding the admission object, the node lookup, the response. Compare
+// with BenchmarkEvaluateBaseline.
 //
 //	go test -run '^$' -bench . -benchmem ./webhook/
 
 func BenchmarkValidate(b *testing.B) {
 	csr := csrtest.Build(csrtest.Bootstrap(csrtest.DefaultTokenID))
-	hs, _ := testHandlers(b, config.Default(), func(o *Options) { o.Nodes = nodes("other") })
+	hs, _ := testHandlers(b, config.Default(), func(o *Options) { o.Facts = gatherer(nodes("other")) })
 	req := createRequest(b, csr, userOf(csr))
 	b.ReportAllocs()
 	for b.Loop() {
@@ -27,7 +28,7 @@ func BenchmarkValidate(b *testing.B) {
 
 func BenchmarkValidateReject(b *testing.B) {
 	csr := csrtest.Build(csrtest.Bootstrap(csrtest.DefaultTokenID), csrtest.WithDNSSAN("x.example.com"), csrtest.WithUsages(serverAuth...))
-	hs, _ := testHandlers(b, config.Default(), func(o *Options) { o.Nodes = nodes("other") })
+	hs, _ := testHandlers(b, config.Default(), func(o *Options) { o.Facts = gatherer(nodes("other")) })
 	req := createRequest(b, csr, userOf(csr))
 	b.ReportAllocs()
 	for b.Loop() {
@@ -61,13 +62,13 @@ func BenchmarkApprovalGuard(b *testing.B) {
 	}
 }
 
-// BenchmarkEvaluateBaseline is approver.Evaluate alone on the same CSR, for
-// comparison.
+// BenchmarkEvaluateBaseline is approver.Inspect and approver.Decide alone on
+// the same CSR, with the facts the validator has, for comparison.
 func BenchmarkEvaluateBaseline(b *testing.B) {
 	csr := csrtest.Build(csrtest.Bootstrap(csrtest.DefaultTokenID))
 	p := config.Default()
 	b.ReportAllocs()
 	for b.Loop() {
-		_ = approver.Evaluate(approver.Input{Policy: p, CSR: csr, Facts: approver.Facts{NodeExists: ptr(false)}})
+		_ = approver.Decide(p, approver.Inspect(p, csr), approver.Facts{NodeExists: ptr(false)})
 	}
 }

@@ -33,7 +33,7 @@ func FuzzHandlers(f *testing.F) {
 		s.Lifetime.MaxExpirationSeconds = 3600
 		s.ApprovalGuard.Mode = config.GuardEnforce
 	})
-	hs, _ := testHandlers(f, p, func(o *Options) { o.Nodes = nodes("worker-1") })
+	hs, _ := testHandlers(f, p, func(o *Options) { o.Facts = gatherer(nodes("worker-1")) })
 	f.Fuzz(func(t *testing.T, raw []byte, user, group string) {
 		req := admission.Request{AdmissionRequest: admissionv1.AdmissionRequest{
 			UID: "f", Operation: admissionv1.Create, Resource: csrResource,

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	admissionv1 "k8s.io/api/admission/v1"
@@ -13,9 +14,11 @@ import (
 	certificatesv1 "k8s.io/api/certificates/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/utils/clock"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
 
+	"github.com/nodecsr/nodecsr/approver"
 	"github.com/nodecsr/nodecsr/config"
 	"github.com/nodecsr/nodecsr/internal/testutil"
 )
@@ -68,23 +71,26 @@ func approvalRequest(t testing.TB, old, cur *certificatesv1.CertificateSigningRe
 	}}
 }
 
-// newPolicy is a completed policy with mut applied.
-func newPolicy(t testing.TB, mut func(*config.Spec)) *config.Policy {
+// newPolicy is the compiled policy of the empty spec with mut applied.
+func newPolicy(t testing.TB, mut func(*config.Spec)) *config.Effective {
 	t.Helper()
-	p := &config.Policy{}
+	p := &config.Policy{APIVersion: config.APIVersion, Kind: config.Kind}
 	if mut != nil {
 		mut(&p.Spec)
 	}
-	if err := p.Complete(); err != nil {
+	e, err := config.Compile(p)
+	if err != nil {
 		t.Fatalf("invalid test policy: %v", err)
 	}
-	return p
+	return e
 }
 
-func constPolicy(p *config.Policy) func() *config.Policy { return func() *config.Policy { return p } }
+func constPolicy(p *config.Effective) func() *config.Effective {
+	return func() *config.Effective { return p }
+}
 
 // testHandlers builds the handlers with their own metrics registry.
-func testHandlers(t testing.TB, p *config.Policy, mut func(*Options)) (*handlers, *prometheus.Registry) {
+func testHandlers(t testing.TB, p *config.Effective, mut func(*Options)) (*handlers, *prometheus.Registry) {
 	t.Helper()
 	reg := prometheus.NewRegistry()
 	opts := Options{Policy: constPolicy(p), Registry: reg}
@@ -120,6 +126,24 @@ func (f fakeNodes) NodeExists(_ context.Context, name string) (bool, error) {
 	}
 	return f.names[name], nil
 }
+
+// gatherer is a Nodes-only Gatherer over n (no heartbeat, SubjectAccessReview
+// or pending-CSR source); nil when n is nil.
+func gatherer(n approver.NodeLookup) approver.FactGatherer {
+	if n == nil {
+		return nil
+	}
+	return &approver.Gatherer{Nodes: n, Clock: clock.RealClock{}}
+}
+
+// fakeHeartbeats is a HeartbeatLookup answering one time (or one error) for
+// every node.
+type fakeHeartbeats struct {
+	at  time.Time
+	err error
+}
+
+func (f fakeHeartbeats) LastHeartbeat(context.Context, string) (time.Time, error) { return f.at, f.err }
 
 func nodes(names ...string) fakeNodes {
 	m := map[string]bool{}

@@ -8,12 +8,14 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	admissionv1 "k8s.io/api/admission/v1"
 	authenticationv1 "k8s.io/api/authentication/v1"
 	certificatesv1 "k8s.io/api/certificates/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/utils/clock"
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
 
 	"github.com/nodecsr/nodecsr/approver"
@@ -25,12 +27,17 @@ var serverAuth = []certificatesv1.KeyUsage{certificatesv1.UsageDigitalSignature,
 
 func TestValidateRejectsEveryKindOfViolation(t *testing.T) {
 	boot := csrtest.Bootstrap(csrtest.DefaultTokenID)
+	noRecovery := func(s *config.Spec) { s.Bootstrap.Recovery.Enabled = ptr(false) }
 	tests := map[string]struct {
-		opts    []csrtest.Option
-		policy  func(*config.Spec)
-		nodes   approver.NodeLookup
+		opts   []csrtest.Option
+		policy func(*config.Spec)
+		nodes  approver.NodeLookup
+		// facts replaces the Nodes-only gatherer built from nodes.
+		facts   approver.FactGatherer
 		want    []string // reason codes, every one must be named
 		allowed bool
+		// reason is the metric reason of an admitted CSR ("" = not checked).
+		reason string
 	}{
 		"request too large":      {opts: []csrtest.Option{csrtest.WithRequest(bytes.Repeat([]byte("A"), 20000))}, want: []string{approver.ReasonRequestTooLarge}},
 		"not PEM":                {opts: []csrtest.Option{csrtest.NotPEM()}, want: []string{approver.ReasonMalformedRequest}},
@@ -87,13 +94,38 @@ func TestValidateRejectsEveryKindOfViolation(t *testing.T) {
 			},
 			want: []string{approver.ReasonTokenNotBoundToName},
 		},
-		"bootstrap for an existing node (takeover)": {
+		"bootstrap for an existing node (takeover, recovery off)": {
 			opts: []csrtest.Option{csrtest.WithNodeName("control-plane-1"), boot}, nodes: nodes("control-plane-1"),
-			want: []string{approver.ReasonNodeAlreadyExists},
+			policy: noRecovery,
+			want:   []string{approver.ReasonNodeAlreadyExists},
 		},
-		"renewal for a node that does not exist": {
-			nodes: nodes("worker-2"),
-			want:  []string{approver.ReasonNodeNotFound},
+		"bootstrap for an existing node that is alive (heartbeat known)": {
+			opts:  []csrtest.Option{csrtest.WithNodeName("control-plane-1"), boot},
+			facts: &approver.Gatherer{Nodes: nodes("control-plane-1"), Heartbeats: fakeHeartbeats{at: time.Now()}, Clock: clock.RealClock{}},
+			want:  []string{approver.ReasonNodeAlreadyExists},
+		},
+		// With recovery on (the default) an existing Node's name may be a
+		// node coming back: without the heartbeat (no source, or its read
+		// failed) the webhook leaves the decision to the approver.
+		"bootstrap for an existing node (recovery on, heartbeat unknown)": {
+			opts: []csrtest.Option{csrtest.WithNodeName("control-plane-1"), boot}, nodes: nodes("control-plane-1"),
+			allowed: true, reason: approver.ReasonFactsIncomplete,
+		},
+		"bootstrap for an existing node (heartbeat read fails)": {
+			opts:    []csrtest.Option{csrtest.WithNodeName("control-plane-1"), boot},
+			facts:   &approver.Gatherer{Nodes: nodes("control-plane-1"), Heartbeats: fakeHeartbeats{err: errLookup}, Clock: clock.RealClock{}},
+			allowed: true, reason: approver.ReasonFactsIncomplete,
+		},
+		"bootstrap for an existing node that is gone (heartbeat known)": {
+			opts:    []csrtest.Option{csrtest.WithNodeName("control-plane-1"), boot},
+			facts:   &approver.Gatherer{Nodes: nodes("control-plane-1"), Heartbeats: fakeHeartbeats{at: time.Now().Add(-time.Hour)}, Clock: clock.RealClock{}},
+			allowed: true, reason: approver.ReasonFactsIncomplete,
+		},
+		// A renewal before its Node exists waits (WaitingForNode, verdict
+		// Ignore): it is not a violation, so it is admitted.
+		"renewal for a node that does not exist yet": {
+			nodes:   nodes("worker-2"),
+			allowed: true, reason: approver.ReasonWaitingForNode,
 		},
 		"many violations at once": {
 			opts: []csrtest.Option{
@@ -103,24 +135,34 @@ func TestValidateRejectsEveryKindOfViolation(t *testing.T) {
 				csrtest.WithUsages(serverAuth...), csrtest.WithExpiration(7200),
 			},
 			nodes:  nodes("control-plane-1"),
-			policy: func(s *config.Spec) { s.Lifetime.MaxExpirationSeconds = 3600 },
+			policy: func(s *config.Spec) { s.Lifetime.MaxExpirationSeconds = 3600; noRecovery(s) },
 			want: []string{
 				approver.ReasonExtraSubjectAttributes, approver.ReasonSANsNotAllowed, approver.ReasonInvalidUsages,
 				approver.ReasonLifetimeTooLong, approver.ReasonNodeAlreadyExists,
 			},
 		},
 
-		"good renewal (node exists)":           {nodes: nodes(csrtest.DefaultNodeName), allowed: true},
-		"good renewal (no node lookup)":        {allowed: true},
-		"good renewal (node lookup fails)":     {nodes: fakeNodes{err: errLookup}, allowed: true},
-		"good bootstrap for a new node":        {opts: []csrtest.Option{boot}, nodes: nodes(), allowed: true},
+		"good renewal (node exists)":           {nodes: nodes(csrtest.DefaultNodeName), allowed: true, reason: approver.ReasonFactsIncomplete},
+		"good renewal (no node lookup)":        {allowed: true, reason: approver.ReasonFactsIncomplete},
+		"good renewal (node lookup fails)":     {nodes: fakeNodes{err: errLookup}, allowed: true, reason: approver.ReasonFactsIncomplete},
+		"good bootstrap for a new node":        {opts: []csrtest.Option{boot}, nodes: nodes(), allowed: true, reason: approver.ReasonFactsIncomplete},
 		"good bootstrap with key encipherment": {opts: []csrtest.Option{boot, csrtest.WithUsages(csrtest.KeyEnciphermentUsages()...)}, allowed: true},
 		"good RSA-2048 renewal":                {opts: []csrtest.Option{csrtest.WithKey(csrtest.RSAKey(2048))}, allowed: true},
+		"good bootstrap by a bootstrap user": {
+			opts:    []csrtest.Option{csrtest.WithUsername("kubelet"), csrtest.WithGroups("system:authenticated")},
+			policy:  func(s *config.Spec) { s.Bootstrap.Users = []string{"kubelet"} },
+			nodes:   nodes(),
+			allowed: true, reason: approver.ReasonFactsIncomplete,
+		},
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
 			p := newPolicy(t, tc.policy)
-			hs, reg := testHandlers(t, p, func(o *Options) { o.Nodes = tc.nodes })
+			facts := tc.facts
+			if facts == nil {
+				facts = gatherer(tc.nodes)
+			}
+			hs, reg := testHandlers(t, p, func(o *Options) { o.Facts = facts })
 			csr := csrtest.Build(tc.opts...)
 			resp := hs.validate.Handle(t.Context(), createRequest(t, csr, userOf(csr)))
 			if tc.allowed {
@@ -129,6 +171,11 @@ func TestValidateRejectsEveryKindOfViolation(t *testing.T) {
 				}
 				if len(resp.Warnings) > 0 || resp.Patch != nil {
 					t.Errorf("unexpected warnings %q or patch %s", resp.Warnings, resp.Patch)
+				}
+				if tc.reason != "" {
+					if got := count(t, reg, opValidate, resultAllowed, tc.reason); got != 1 {
+						t.Errorf("nodecsr_admission_total{validate,allowed,%s} = %d, want 1", tc.reason, got)
+					}
 				}
 				return
 			}
@@ -142,16 +189,29 @@ func TestValidateRejectsEveryKindOfViolation(t *testing.T) {
 			if missing := containsAll(resp.Result.Message, tc.want...); len(missing) > 0 {
 				t.Errorf("message does not name %v:\n%s", missing, resp.Result.Message)
 			}
-			// Every violation Evaluate finds is named, with its message.
+			// Every violation Decide finds, with the facts the validator
+			// gathers, is named with its message, and is one cause on the
+			// field its rule judges.
 			csrStored := csr.DeepCopy()
 			asStored(csrStored, ptr(userOf(csr)))
-			d := approver.Evaluate(approver.Input{Policy: p, CSR: csrStored, Facts: approver.Facts{NodeExists: hs.validate.nodeExists(t.Context(), csrStored)}})
-			if len(d.Violations) != len(resp.Result.Details.Causes) {
-				t.Errorf("%d causes for %d violations", len(resp.Result.Details.Causes), len(d.Violations))
+			r := approver.Inspect(p, csrStored)
+			d := approver.Decide(p, r, approver.Facts{})
+			if d.Needs != 0 && facts != nil {
+				d = approver.Decide(p, r, hs.validate.gather(t.Context(), r, d.Needs))
 			}
-			for _, v := range d.Violations {
+			if len(d.Violations) != len(resp.Result.Details.Causes) {
+				t.Fatalf("%d causes for %d violations", len(resp.Result.Details.Causes), len(d.Violations))
+			}
+			for i, v := range d.Violations {
 				if !strings.Contains(resp.Result.Message, v.Reason+": "+v.Message) {
 					t.Errorf("message lacks %s (%s):\n%s", v.Reason, v.Message, resp.Result.Message)
+				}
+				c := resp.Result.Details.Causes[i]
+				if string(c.Type) != v.Reason || c.Message != v.Message || c.Field != v.Field || c.Field == "" {
+					t.Errorf("cause %d = %+v, want %s on %q: %s", i, c, v.Reason, v.Field, v.Message)
+				}
+				if want, ok := causeField[v.Reason]; ok && c.Field != want {
+					t.Errorf("cause %s on field %q, want %q", v.Reason, c.Field, want)
 				}
 			}
 			var causes []string
@@ -168,6 +228,33 @@ func TestValidateRejectsEveryKindOfViolation(t *testing.T) {
 			}
 		})
 	}
+}
+
+// causeField is the CSR field each reason's rule judges.
+var causeField = map[string]string{
+	approver.ReasonRequestTooLarge:            "spec.request",
+	approver.ReasonMalformedRequest:           "spec.request",
+	approver.ReasonKeyAlgorithmNotAllowed:     "spec.request",
+	approver.ReasonKeyCurveNotAllowed:         "spec.request",
+	approver.ReasonKeySizeNotAllowed:          "spec.request",
+	approver.ReasonInvalidSignature:           "spec.request",
+	approver.ReasonInvalidCommonName:          "spec.request",
+	approver.ReasonInvalidNodeName:            "spec.request",
+	approver.ReasonRequesterMismatch:          "spec.username",
+	approver.ReasonUnrecognizedRequester:      "spec.username",
+	approver.ReasonBootstrapDisabled:          "spec.username",
+	approver.ReasonInvalidOrganization:        "spec.request",
+	approver.ReasonExtraSubjectAttributes:     "spec.request",
+	approver.ReasonSANsNotAllowed:             "spec.request",
+	approver.ReasonUnexpectedExtensions:       "spec.request",
+	approver.ReasonInvalidUsages:              "spec.usages",
+	approver.ReasonKeyEnciphermentRequiresRSA: "spec.usages",
+	approver.ReasonLifetimeTooLong:            "spec.expirationSeconds",
+	approver.ReasonNodeNameDenied:             "spec.request",
+	approver.ReasonNodeNameNotAllowed:         "spec.request",
+	approver.ReasonTokenNotBound:              "spec.username",
+	approver.ReasonTokenNotBoundToName:        "spec.username",
+	approver.ReasonNodeAlreadyExists:          "spec.request",
 }
 
 // The requester is the one the API server authenticated, not whatever the
@@ -290,7 +377,7 @@ func (panickingNodes) NodeExists(context.Context, string) (bool, error) { panic(
 // A failing handler admits, as a webhook that is down would: the approver
 // is the boundary.
 func TestValidatePanicAdmits(t *testing.T) {
-	hs, reg := testHandlers(t, config.Default(), func(o *Options) { o.Nodes = panickingNodes{} })
+	hs, reg := testHandlers(t, config.Default(), func(o *Options) { o.Facts = gatherer(panickingNodes{}) })
 	csr := csrtest.Build(csrtest.WithUsages(serverAuth...))
 	resp := hs.validate.Handle(t.Context(), createRequest(t, csr, userOf(csr)))
 	if !resp.Allowed {
@@ -298,5 +385,12 @@ func TestValidatePanicAdmits(t *testing.T) {
 	}
 	if got := count(t, reg, opValidate, resultError, reasonPanic); got != 1 {
 		t.Errorf("panic count = %d, want 1", got)
+	}
+}
+
+// Options without a policy are refused: there is no fallback policy.
+func TestOptionsRequireAPolicy(t *testing.T) {
+	if _, err := newHandlers(Options{}); err == nil || !strings.Contains(err.Error(), "Policy is required") {
+		t.Errorf("newHandlers without a Policy: %v", err)
 	}
 }
