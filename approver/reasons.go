@@ -111,7 +111,7 @@ const (
 	ReasonFactsIncomplete = "FactsIncomplete"
 
 	// ReasonInternalError: every check passed but one that approval needs
-	// did not run. It should never happen; Evaluate refuses to approve and
+	// did not run. It should never happen; Decide refuses to approve and
 	// leaves the CSR pending. Report it as a bug.
 	ReasonInternalError = "InternalError"
 

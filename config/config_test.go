@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"k8s.io/apimachinery/pkg/util/validation/field"
+	"k8s.io/utils/ptr"
 	sigsyaml "sigs.k8s.io/yaml"
 )
 
@@ -54,18 +55,18 @@ func TestDefaults(t *testing.T) {
 		Mode:        ModeEnforce,
 		OnViolation: ViolationDeny,
 		Bootstrap: Bootstrap{
-			Enabled:   ptrTo(true),
+			Enabled:   ptr.To(true),
 			Groups:    []string{"system:bootstrappers"},
-			Recovery:  Recovery{Enabled: ptrTo(true), StaleAfterSeconds: ptrTo[int32](300)},
-			RateLimit: RateLimit{PerMinute: ptrTo[int32](60), Burst: ptrTo[int32](20)},
+			Recovery:  Recovery{Enabled: ptr.To(true), StaleAfterSeconds: ptr.To[int32](300)},
+			RateLimit: RateLimit{PerMinute: ptr.To[int32](60), Burst: ptr.To[int32](20)},
 		},
-		Renewal: Renewal{RequireNodeExists: ptrTo(true)},
+		Renewal: Renewal{RequireNodeExists: ptr.To(true)},
 		Keys: Keys{
 			ECDSA:           ECDSAKeys{Curves: []Curve{CurveP256, CurveP384}},
-			RSA:             RSAKeys{Enabled: ptrTo(true), MinBits: 2048, MaxBits: 4096},
+			RSA:             RSAKeys{Enabled: ptr.To(true), MinBits: 2048, MaxBits: 4096},
 			MaxRequestBytes: 16384,
 		},
-		Limits:        Limits{MaxPendingPerNode: ptrTo[int32](3), CollapseDuplicates: ptrTo(true)},
+		Limits:        Limits{MaxPendingPerNode: ptr.To[int32](3), CollapseDuplicates: ptr.To(true)},
 		ApprovalGuard: ApprovalGuard{Mode: GuardOff, AllowedGroups: []string{"system:masters"}},
 	}
 	if !reflect.DeepEqual(s, want) {
@@ -441,12 +442,12 @@ func TestValidateRules(t *testing.T) {
 		"default above max": {
 			mutate: func(s *Spec) {
 				s.Lifetime.MaxExpirationSeconds = 3600
-				s.Lifetime.DefaultExpirationSeconds = ptrTo[int32](7200)
+				s.Lifetime.DefaultExpirationSeconds = ptr.To[int32](7200)
 			},
 			want: field.ErrorTypeInvalid, field: "spec.lifetime.defaultExpirationSeconds",
 		},
 		"burst zero with a rate": {
-			mutate: func(s *Spec) { s.Bootstrap.RateLimit.Burst = ptrTo[int32](0) },
+			mutate: func(s *Spec) { s.Bootstrap.RateLimit.Burst = ptr.To[int32](0) },
 			want:   field.ErrorTypeInvalid, field: "spec.bootstrap.rateLimit.burst",
 		},
 		"bootstrap enabled without groups": {
@@ -472,15 +473,15 @@ func TestValidateRules(t *testing.T) {
 			want:   field.ErrorTypeInvalid, field: "spec.nodeNames.allowed[0]",
 		},
 		"staleAfterSeconds below the minimum": {
-			mutate: func(s *Spec) { s.Bootstrap.Recovery.StaleAfterSeconds = ptrTo[int32](10) },
+			mutate: func(s *Spec) { s.Bootstrap.Recovery.StaleAfterSeconds = ptr.To[int32](10) },
 			want:   field.ErrorTypeInvalid, field: "spec.bootstrap.recovery.staleAfterSeconds",
 		},
 		"staleAfterSeconds just below the minimum": {
-			mutate: func(s *Spec) { s.Bootstrap.Recovery.StaleAfterSeconds = ptrTo[int32](MinStaleAfterSeconds - 1) },
+			mutate: func(s *Spec) { s.Bootstrap.Recovery.StaleAfterSeconds = ptr.To[int32](MinStaleAfterSeconds - 1) },
 			want:   field.ErrorTypeInvalid, field: "spec.bootstrap.recovery.staleAfterSeconds",
 		},
 		"negative staleAfterSeconds": {
-			mutate: func(s *Spec) { s.Bootstrap.Recovery.StaleAfterSeconds = ptrTo[int32](-300) },
+			mutate: func(s *Spec) { s.Bootstrap.Recovery.StaleAfterSeconds = ptr.To[int32](-300) },
 			want:   field.ErrorTypeInvalid, field: "spec.bootstrap.recovery.staleAfterSeconds",
 		},
 		"node user as a bootstrap user": {
@@ -529,16 +530,16 @@ func TestValidateRules(t *testing.T) {
 
 	// Valid boundaries.
 	p := &Policy{APIVersion: APIVersion, Kind: Kind}
-	p.Spec.Bootstrap.Enabled = ptrTo(false)
+	p.Spec.Bootstrap.Enabled = ptr.To(false)
 	p.Spec.Bootstrap.Groups = []string{}
 	p.Spec.Bootstrap.Users = []string{"kubelet", "system:bootstrap:abcdef"}
-	p.Spec.Bootstrap.Recovery = Recovery{Enabled: ptrTo(false), StaleAfterSeconds: ptrTo[int32](MinStaleAfterSeconds)}
+	p.Spec.Bootstrap.Recovery = Recovery{Enabled: ptr.To(false), StaleAfterSeconds: ptr.To[int32](MinStaleAfterSeconds)}
 	p.Spec.Bootstrap.TokenBindings = []TokenBinding{{TokenID: "abcdef", NodeNames: []string{"gpu-.*"}, AllowExistingNode: true}}
-	p.Spec.Bootstrap.RateLimit = RateLimit{PerMinute: ptrTo[int32](0), Burst: ptrTo[int32](0)}
+	p.Spec.Bootstrap.RateLimit = RateLimit{PerMinute: ptr.To[int32](0), Burst: ptr.To[int32](0)}
 	p.Spec.Keys.RSA.MinBits, p.Spec.Keys.RSA.MaxBits = 8192, 8192
 	p.Spec.Lifetime.MaxExpirationSeconds = 600
-	p.Spec.Lifetime.DefaultExpirationSeconds = ptrTo[int32](600)
-	p.Spec.Limits.MaxPendingPerNode = ptrTo[int32](0)
+	p.Spec.Lifetime.DefaultExpirationSeconds = ptr.To[int32](600)
+	p.Spec.Limits.MaxPendingPerNode = ptr.To[int32](0)
 	e, err := Compile(p)
 	if err != nil {
 		t.Fatalf("valid boundaries rejected: %v", err)

@@ -1,6 +1,10 @@
 package config
 
-import bootstrapapi "k8s.io/cluster-bootstrap/token/api"
+import (
+	"k8s.io/apiserver/pkg/authentication/user"
+	bootstrapapi "k8s.io/cluster-bootstrap/token/api"
+	"k8s.io/utils/ptr"
+)
 
 // Defaults. Each is documented on the field it applies to.
 const (
@@ -20,7 +24,7 @@ const (
 	DefaultMaxPendingPerNode  = 3
 	DefaultCollapseDuplicates = true
 	DefaultApprovalGuardMode  = GuardOff
-	DefaultBreakGlassGroup    = "system:masters"
+	DefaultBreakGlassGroup    = user.SystemPrivilegedGroup
 	DefaultBootstrapGroup     = bootstrapapi.BootstrapDefaultGroup
 	MinExpirationSeconds      = 600
 	MinRSABits                = 2048
@@ -63,26 +67,26 @@ func (p *Policy) SetDefaults() {
 
 	b := &s.Bootstrap
 	if b.Enabled == nil {
-		b.Enabled = ptrTo(DefaultBootstrapEnabled)
+		b.Enabled = ptr.To(DefaultBootstrapEnabled)
 	}
 	if b.Groups == nil {
 		b.Groups = []string{DefaultBootstrapGroup}
 	}
 	if b.Recovery.Enabled == nil {
-		b.Recovery.Enabled = ptrTo(DefaultRecoveryEnabled)
+		b.Recovery.Enabled = ptr.To(DefaultRecoveryEnabled)
 	}
 	if b.Recovery.StaleAfterSeconds == nil {
-		b.Recovery.StaleAfterSeconds = ptrTo[int32](DefaultStaleAfterSeconds)
+		b.Recovery.StaleAfterSeconds = ptr.To[int32](DefaultStaleAfterSeconds)
 	}
 	if b.RateLimit.PerMinute == nil {
-		b.RateLimit.PerMinute = ptrTo[int32](DefaultRateLimitPerMinute)
+		b.RateLimit.PerMinute = ptr.To[int32](DefaultRateLimitPerMinute)
 	}
 	if b.RateLimit.Burst == nil {
-		b.RateLimit.Burst = ptrTo[int32](DefaultRateLimitBurst)
+		b.RateLimit.Burst = ptr.To[int32](DefaultRateLimitBurst)
 	}
 
 	if s.Renewal.RequireNodeExists == nil {
-		s.Renewal.RequireNodeExists = ptrTo(DefaultRequireNodeExists)
+		s.Renewal.RequireNodeExists = ptr.To(DefaultRequireNodeExists)
 	}
 
 	k := &s.Keys
@@ -90,7 +94,7 @@ func (p *Policy) SetDefaults() {
 		k.ECDSA.Curves = DefaultCurves()
 	}
 	if k.RSA.Enabled == nil {
-		k.RSA.Enabled = ptrTo(DefaultRSAEnabled)
+		k.RSA.Enabled = ptr.To(DefaultRSAEnabled)
 	}
 	if k.RSA.MinBits == 0 {
 		k.RSA.MinBits = DefaultRSAMinBits
@@ -103,10 +107,10 @@ func (p *Policy) SetDefaults() {
 	}
 
 	if s.Limits.MaxPendingPerNode == nil {
-		s.Limits.MaxPendingPerNode = ptrTo[int32](DefaultMaxPendingPerNode)
+		s.Limits.MaxPendingPerNode = ptr.To[int32](DefaultMaxPendingPerNode)
 	}
 	if s.Limits.CollapseDuplicates == nil {
-		s.Limits.CollapseDuplicates = ptrTo(DefaultCollapseDuplicates)
+		s.Limits.CollapseDuplicates = ptr.To(DefaultCollapseDuplicates)
 	}
 
 	g := &s.ApprovalGuard
@@ -117,5 +121,3 @@ func (p *Policy) SetDefaults() {
 		g.AllowedGroups = []string{DefaultBreakGlassGroup}
 	}
 }
-
-func ptrTo[T any](v T) *T { return &v }

@@ -15,6 +15,8 @@ import (
 	"sync"
 
 	yaml "go.yaml.in/yaml/v3"
+
+	"github.com/nodecsr/nodecsr/internal/text"
 )
 
 // maxProblems caps how many problems one Error lists.
@@ -437,12 +439,8 @@ func kindOf(n *yaml.Node) string {
 	return "nothing"
 }
 
-func truncate(s string) string {
-	if len(s) > 64 {
-		return s[:64] + "…"
-	}
-	return s
-}
+// truncate bounds a value from the file for a message, on a rune boundary.
+func truncate(s string) string { return text.Truncate(s, 64) }
 
 // suggest proposes a known field that differs from name only in case, or
 // by one edit.

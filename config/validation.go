@@ -7,17 +7,22 @@ import (
 	"strings"
 
 	"k8s.io/apimachinery/pkg/util/validation/field"
+	"k8s.io/apiserver/pkg/authentication/serviceaccount"
+	"k8s.io/apiserver/pkg/authentication/user"
 	bootstraputil "k8s.io/cluster-bootstrap/token/util"
 )
 
 // forbiddenBootstrapGroups would turn the bootstrap path into "anyone".
 var forbiddenBootstrapGroups = map[string]string{
-	"system:authenticated":   "every authenticated user would be a bootstrapper",
-	"system:unauthenticated": "anonymous requests would be bootstrappers",
-	"system:serviceaccounts": "every service account would be a bootstrapper",
-	"system:nodes":           "nodes renew their own certificate; they are not bootstrappers",
-	"system:masters":         "administrators are not bootstrappers",
+	user.AllAuthenticated:                  "every authenticated user would be a bootstrapper",
+	user.AllUnauthenticated:                "anonymous requests would be bootstrappers",
+	serviceaccount.AllServiceAccountsGroup: "every service account would be a bootstrapper",
+	user.NodesGroup:                        "nodes renew their own certificate; they are not bootstrappers",
+	user.SystemPrivilegedGroup:             "administrators are not bootstrappers",
 }
+
+// nodeUserPrefix starts every kubelet's username.
+const nodeUserPrefix = "system:node:"
 
 // Validate checks a defaulted policy and returns every problem at once, with
 // field paths that follow the YAML keys (spec.keys.rsa.minBits). Call
@@ -92,7 +97,7 @@ func validateBootstrap(path *field.Path, b *Bootstrap) field.ErrorList {
 
 	errs = append(errs, validateNames(path.Child("users"), b.Users)...)
 	for i, u := range b.Users {
-		if strings.HasPrefix(u, "system:node:") || strings.HasPrefix(u, "system:serviceaccount:") || strings.HasPrefix(u, "system:anonymous") {
+		if strings.HasPrefix(u, nodeUserPrefix) || strings.HasPrefix(u, serviceaccount.ServiceAccountUsernamePrefix) || u == user.Anonymous {
 			errs = append(errs, field.Invalid(path.Child("users").Index(i), u, "must not be a node, service account or anonymous user"))
 		}
 	}

@@ -56,15 +56,9 @@ func (g *approvalGuard) Handle(ctx context.Context, req admission.Request) (resp
 		g.metrics.inc(opApproval, resultAllowed, reasonNotApproval)
 		return admission.Allowed("")
 	}
-	csr, err := decodeCSR(req.Object)
-	if err != nil {
-		g.metrics.inc(opApproval, resultError, reasonDecodeError)
-		log.FromContext(ctx).Error(err, "Failed to decode the admission request")
-		return admission.Errored(http.StatusBadRequest, err)
-	}
-	if csr.Spec.SignerName != approver.KubeletClientSigner {
-		g.metrics.inc(opApproval, resultAllowed, approver.ReasonNotKubeletClientSigner)
-		return admission.Allowed("")
+	csr, resp, ok := g.metrics.kubeletCSR(ctx, opApproval, req.Object, false)
+	if !ok {
+		return resp
 	}
 	old, err := decodeCSR(req.OldObject)
 	if err != nil {

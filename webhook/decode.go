@@ -1,14 +1,42 @@
 package webhook
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"net/http"
 
 	authenticationv1 "k8s.io/api/authentication/v1"
 	certificatesv1 "k8s.io/api/certificates/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/util/json"
+	"sigs.k8s.io/controller-runtime/pkg/log"
+	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
+
+	"github.com/nodecsr/nodecsr/approver"
 )
+
+// kubeletCSR is the opening every handler shares: decode obj and keep it
+// only when it is a kubelet client CSR. Otherwise ok is false and resp is
+// the answer: allowed for another signer; for an object that does not
+// decode, allowed (failOpen, the mutating webhook) or a 400.
+func (m *metrics) kubeletCSR(ctx context.Context, op string, obj runtime.RawExtension, failOpen bool) (csr *certificatesv1.CertificateSigningRequest, resp admission.Response, ok bool) {
+	csr, err := decodeCSR(obj)
+	switch {
+	case err != nil && failOpen:
+		m.inc(op, resultError, reasonDecodeError)
+		log.FromContext(ctx).Error(err, "Failed to decode the admission request; admitting it unchanged")
+		return nil, admission.Allowed(""), false
+	case err != nil:
+		m.inc(op, resultError, reasonDecodeError)
+		log.FromContext(ctx).Error(err, "Failed to decode the admission request")
+		return nil, admission.Errored(http.StatusBadRequest, err), false
+	case csr.Spec.SignerName != approver.KubeletClientSigner:
+		m.inc(op, resultAllowed, approver.ReasonNotKubeletClientSigner)
+		return nil, admission.Allowed(""), false
+	}
+	return csr, admission.Response{}, true
+}
 
 // decodeCSR decodes a CertificateSigningRequest from an admission request's
 // object. It uses the API machinery's case-sensitive JSON decoder directly

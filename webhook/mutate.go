@@ -3,11 +3,13 @@ package webhook
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"net/http"
 	"strconv"
-	"strings"
 
 	admissionv1 "k8s.io/api/admission/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
 	"k8s.io/apimachinery/pkg/util/validation"
 	"sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
@@ -34,59 +36,75 @@ func (m *mutator) Handle(ctx context.Context, req admission.Request) (resp admis
 		m.metrics.inc(opMutate, resultAllowed, reasonNotCreate)
 		return admission.Allowed("")
 	}
-	csr, err := decodeCSR(req.Object)
-	if err != nil {
-		m.metrics.inc(opMutate, resultError, reasonDecodeError)
-		log.FromContext(ctx).Error(err, "Failed to decode the admission request; admitting it unchanged")
-		return admission.Allowed("")
+	orig, resp, ok := m.metrics.kubeletCSR(ctx, opMutate, req.Object, true)
+	if !ok {
+		return resp
 	}
-	if csr.Spec.SignerName != approver.KubeletClientSigner {
-		m.metrics.inc(opMutate, resultAllowed, approver.ReasonNotKubeletClientSigner)
-		return admission.Allowed("")
-	}
-	asStored(csr, &req.UserInfo)
+	stored := orig.DeepCopy()
+	asStored(stored, &req.UserInfo)
 	p := m.policy()
 	// Only what the request itself says is needed here: no decision.
-	d := approver.Inspect(p, csr)
+	r := approver.Inspect(p, stored)
 
-	var ps patchSet
-	ps.setEntries("/metadata/labels", csr.Labels, entry{LabelNodeName, nodeLabelValue(d.NodeName)})
-	ps.setEntries("/metadata/annotations", csr.Annotations,
-		entry{AnnotationKeyAlgorithm, d.KeyAlgorithm}, entry{AnnotationPublicKeySHA256, d.PublicKeySHA256})
+	mutated := orig.DeepCopy()
+	setEntry(&mutated.Labels, LabelNodeName, nodeLabelValue(r.NodeName))
+	setEntry(&mutated.Annotations, AnnotationKeyAlgorithm, r.KeyAlgorithm)
+	setEntry(&mutated.Annotations, AnnotationPublicKeySHA256, r.PublicKeySHA256)
 	reason := reasonAnnotated
 
 	var warning string
-	if exp, changed, why := expiration(p, csr.Spec.ExpirationSeconds); changed {
+	if exp, changed, why := expiration(p, orig.Spec.ExpirationSeconds); changed {
 		if p.Mode == config.ModeDryRun {
 			warning = fmt.Sprintf("nodecsr (policy mode DryRun) would %s", why)
 		} else {
-			op := "replace"
 			reason = reasonExpirationCapped
-			if csr.Spec.ExpirationSeconds == nil {
-				op, reason = "add", reasonExpirationSet
+			if orig.Spec.ExpirationSeconds == nil {
+				reason = reasonExpirationSet
 			}
-			ps.ops = append(ps.ops, patchOp{Op: op, Path: "/spec/expirationSeconds", Value: exp})
+			mutated.Spec.ExpirationSeconds = &exp
 		}
 	}
 
 	resp = admission.Allowed("")
-	if warning != "" {
-		resp = resp.WithWarnings(warning)
-	}
-	if len(ps.ops) == 0 {
+	if equality.Semantic.DeepEqual(orig, mutated) {
 		m.metrics.inc(opMutate, resultAllowed, reasonUnchanged)
-		return resp
+		return resp.WithWarnings(optional(warning)...)
 	}
-	patch, err := json.Marshal(ps.ops)
+	raw, err := json.Marshal(mutated)
 	if err != nil {
 		m.metrics.inc(opMutate, resultError, reasonPatchError)
-		log.FromContext(ctx).Error(err, "Failed to encode the patch; admitting the CSR unchanged")
-		return resp
+		log.FromContext(ctx).Error(err, "Failed to encode the patched CSR; admitting it unchanged")
+		return resp.WithWarnings(optional(warning)...)
 	}
-	pt := admissionv1.PatchTypeJSONPatch
-	resp.Patch, resp.PatchType = patch, &pt
+	resp = admission.PatchResponseFromRaw(req.Object.Raw, raw)
+	if resp.Result != nil && resp.Result.Code != http.StatusOK {
+		m.metrics.inc(opMutate, resultError, reasonPatchError)
+		log.FromContext(ctx).Error(errors.New(resp.Result.Message), "Failed to compute the patch; admitting the CSR unchanged")
+		return admission.Allowed("").WithWarnings(optional(warning)...)
+	}
 	m.metrics.inc(opMutate, resultPatched, reason)
-	return resp
+	return resp.WithWarnings(optional(warning)...)
+}
+
+// optional is w as a list of warnings, empty when w is.
+func optional(w string) []string {
+	if w == "" {
+		return nil
+	}
+	return []string{w}
+}
+
+// setEntry makes the map hold key=value, or not hold key when value is
+// empty: keys nodecsr owns are never left with a client-supplied value.
+func setEntry(m *map[string]string, key, value string) {
+	switch {
+	case value == "":
+		delete(*m, key)
+	case *m == nil:
+		*m = map[string]string{key: value}
+	default:
+		(*m)[key] = value
+	}
 }
 
 // expiration returns the expirationSeconds the policy wants, whether it
@@ -111,48 +129,3 @@ func nodeLabelValue(name string) string {
 	}
 	return name
 }
-
-// patchOp is one JSON patch (RFC 6902) operation.
-type patchOp struct {
-	Op    string `json:"op"`
-	Path  string `json:"path"`
-	Value any    `json:"value,omitempty"`
-}
-
-type entry struct{ key, value string }
-
-// patchSet collects JSON patch operations.
-type patchSet struct{ ops []patchOp }
-
-// setEntries makes the string map at path (metadata.labels or
-// metadata.annotations, currently m) hold each entry's value, or not hold
-// the key when the value is empty. Keys nodecsr owns are thus never left
-// with a client-supplied value.
-func (ps *patchSet) setEntries(path string, m map[string]string, entries ...entry) {
-	var add map[string]string // when the map does not exist yet
-	for _, e := range entries {
-		cur, present := m[e.key]
-		switch {
-		case e.value == "" && present:
-			ps.ops = append(ps.ops, patchOp{Op: "remove", Path: path + "/" + escapeJSONPointer(e.key)})
-		case e.value == "" || (present && cur == e.value):
-		case m == nil:
-			if add == nil {
-				add = make(map[string]string, len(entries))
-			}
-			add[e.key] = e.value
-		default:
-			// "add" on an existing member replaces it.
-			ps.ops = append(ps.ops, patchOp{Op: "add", Path: path + "/" + escapeJSONPointer(e.key), Value: e.value})
-		}
-	}
-	if add != nil {
-		ps.ops = append(ps.ops, patchOp{Op: "add", Path: path, Value: add})
-	}
-}
-
-var pointerEscaper = strings.NewReplacer("~", "~0", "/", "~1")
-
-// escapeJSONPointer escapes a map key for a JSON pointer (RFC 6901):
-// nodecsr.io/node-name becomes nodecsr.io~1node-name.
-func escapeJSONPointer(key string) string { return pointerEscaper.Replace(key) }

@@ -2,7 +2,6 @@ package webhook
 
 import (
 	"context"
-	"net/http"
 	"strconv"
 	"strings"
 	"time"
@@ -16,17 +15,19 @@ import (
 	"github.com/nodecsr/nodecsr/config"
 )
 
-// factTimeout bounds the cache-only fact gathering. The cache answers in
-// microseconds once synced; before that a lookup would wait for the sync,
-// and the facts are left to the approver instead.
+// factTimeout bounds the fact gathering: the Node from the cache (it
+// answers in microseconds once synced; before that a lookup would wait for
+// the sync) and, for a bootstrap request whose Node exists, one Lease read.
+// On a timeout the facts are left to the approver.
 const factTimeout = 500 * time.Millisecond
 
 // validator rejects, on CREATE, a kubelet client CSR that could never be
-// approved: one that approver.Decide denies with the facts known without
-// API calls (the CSR itself, the requester, and whether the Node exists in
-// the cache). Facts it cannot know (SubjectAccessReview, heartbeats, pending
-// CSRs) and the rate limit are left to the approver, so a CSR that could
-// still be approved is always admitted.
+// approved: one that approver.Decide denies with the facts known cheaply
+// (the CSR itself, the requester, whether the Node exists in the cache and,
+// for a bootstrap request whose Node exists, its Lease heartbeat). Facts it
+// does not gather (SubjectAccessReview, pending CSRs) and the rate limit are
+// left to the approver, so a CSR that could still be approved is always
+// admitted.
 type validator struct {
 	policy  func() *config.Effective
 	facts   approver.FactGatherer
@@ -42,15 +43,9 @@ func (v *validator) Handle(ctx context.Context, req admission.Request) (resp adm
 		v.metrics.inc(opValidate, resultAllowed, reasonNotCreate)
 		return admission.Allowed("")
 	}
-	csr, err := decodeCSR(req.Object)
-	if err != nil {
-		v.metrics.inc(opValidate, resultError, reasonDecodeError)
-		log.FromContext(ctx).Error(err, "Failed to decode the admission request")
-		return admission.Errored(http.StatusBadRequest, err)
-	}
-	if csr.Spec.SignerName != approver.KubeletClientSigner {
-		v.metrics.inc(opValidate, resultAllowed, approver.ReasonNotKubeletClientSigner)
-		return admission.Allowed("")
+	csr, resp, ok := v.metrics.kubeletCSR(ctx, opValidate, req.Object, false)
+	if !ok {
+		return resp
 	}
 	asStored(csr, &req.UserInfo)
 	p := v.policy()

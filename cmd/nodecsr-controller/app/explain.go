@@ -104,7 +104,6 @@ func (o *explainOptions) validate(args []string) error {
 // assumptions are the facts given with --assume.
 type assumptions struct {
 	facts approver.Facts
-	given approver.Fact
 }
 
 // parseAssumptions reads --assume; the heartbeat age is taken back from now.
@@ -123,9 +122,9 @@ func parseAssumptions(kv map[string]string, now time.Time) (assumptions, error) 
 	for k, v := range kv {
 		switch k {
 		case "authorized":
-			a.facts.Authorized, a.given = boolean(k, v), a.given|approver.FactAuthorized
+			a.facts.Authorized = boolean(k, v)
 		case "node-exists":
-			a.facts.NodeExists, a.given = boolean(k, v), a.given|approver.FactNode
+			a.facts.NodeExists = boolean(k, v)
 		case "heartbeat-age":
 			d, err := time.ParseDuration(v)
 			if err != nil || d < 0 {
@@ -133,16 +132,16 @@ func parseAssumptions(kv map[string]string, now time.Time) (assumptions, error) 
 				continue
 			}
 			hb := now.Add(-d)
-			a.facts.NodeHeartbeat, a.given = &hb, a.given|approver.FactHeartbeat
+			a.facts.NodeHeartbeat = &hb
 		case "newer-pending":
-			a.facts.NewerPendingForNode, a.given = boolean(k, v), a.given|approver.FactPending
+			a.facts.NewerPendingForNode = boolean(k, v)
 		case "pending":
 			n, err := strconv.Atoi(v)
 			if err != nil || n < 0 {
 				errs = append(errs, fmt.Errorf("--assume pending=%q: want a whole number, 0 or more", v))
 				continue
 			}
-			a.facts.PendingForNode, a.given = &n, a.given|approver.FactPending
+			a.facts.PendingForNode = &n
 		default:
 			errs = append(errs, fmt.Errorf("--assume %s: unknown fact; known: authorized, node-exists, heartbeat-age, newer-pending, pending", k))
 		}
@@ -254,8 +253,10 @@ func (o *explainOptions) run(ctx context.Context, stdin io.Reader, stdout io.Wri
 	for _, csr := range csrs {
 		r := approver.Inspect(policy, csr)
 		d := approver.Decide(policy, r, assumed.over(approver.Facts{}))
-		if need := d.Needs &^ assumed.given; need != 0 && live != nil {
-			facts, err := live.Gather(ctx, r, need)
+		// Gather what is missing; an assumption still wins over the
+		// cluster's answer.
+		if d.Needs != 0 && live != nil {
+			facts, err := live.Gather(ctx, r, d.Needs)
 			if err != nil {
 				return err
 			}

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/spf13/pflag"
+	"k8s.io/apiserver/pkg/authentication/serviceaccount"
 )
 
 // Options configures nodecsr-controller. Every field is a flag.
@@ -195,5 +196,5 @@ func defaultSelfUsername() string {
 	if ns == "" || sa == "" {
 		return ""
 	}
-	return "system:serviceaccount:" + ns + ":" + sa
+	return serviceaccount.MakeUsername(ns, sa)
 }

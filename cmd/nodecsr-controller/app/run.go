@@ -24,6 +24,7 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/utils/clock"
+	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	ctrlconfig "sigs.k8s.io/controller-runtime/pkg/config"
@@ -217,7 +218,7 @@ func RunWithConfig(ctx context.Context, o *Options, cfg *rest.Config) error {
 		LeaseDuration:                 &o.LeaseDuration,
 		RenewDeadline:                 &o.RenewDeadline,
 		RetryPeriod:                   &o.RetryPeriod,
-		Controller:                    ctrlconfig.Controller{SkipNameValidation: ptr(true)},
+		Controller:                    ctrlconfig.Controller{SkipNameValidation: ptr.To(true)},
 		Logger:                        log,
 	})
 	if err != nil {
@@ -338,8 +339,6 @@ func (m *policyMetrics) setPolicy(digest string) {
 	m.info.Reset()
 	m.info.WithLabelValues(digest).Set(1)
 }
-
-func ptr[T any](v T) *T { return &v }
 
 func whoAmI(ctx context.Context, cfg *rest.Config) (string, error) {
 	cs, err := kubernetes.NewForConfig(cfg)
