@@ -113,7 +113,7 @@ func (o *Options) AddFlags(fs *pflag.FlagSet) {
 	fs.DurationVar(&o.RetryPeriod, "leader-election-retry-period", o.RetryPeriod, "How often candidates try to acquire or renew the Lease.")
 	fs.StringVar(&o.MetricsBindAddress, "metrics-bind-address", o.MetricsBindAddress, "Address of the /metrics endpoint; 0 turns it off.")
 	fs.StringVar(&o.HealthProbeBindAddress, "health-probe-bind-address", o.HealthProbeBindAddress, "Address of /healthz and /readyz; 0 turns them off.")
-	fs.StringVar(&o.PodName, "pod-name", o.PodName, "Name of this pod (default $POD_NAME); Events about nodecsr itself refer to it.")
+	fs.StringVar(&o.PodName, "pod-name", o.PodName, "Name of this pod (default $POD_NAME); Events about nodecsr itself refer to it, and it holds the leader-election Lease.")
 	fs.StringVar(&o.PodNamespace, "pod-namespace", o.PodNamespace, "Namespace of this pod (default $POD_NAMESPACE).")
 	fs.StringVar(&o.EventsNamespace, "events-namespace", o.EventsNamespace, "Namespace for Events about CSRs (cluster-scoped objects).")
 	fs.StringVar(&o.WebhookCertDir, "webhook-cert-dir", o.WebhookCertDir, "Folder with tls.crt and tls.key for the admission webhooks (a mounted cert-manager Secret); empty turns the webhooks off.")

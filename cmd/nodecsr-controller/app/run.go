@@ -21,8 +21,10 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/kubernetes"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	coordinationv1client "k8s.io/client-go/kubernetes/typed/coordination/v1"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/client-go/tools/leaderelection/resourcelock"
 	"k8s.io/utils/clock"
 	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
@@ -205,21 +207,28 @@ func RunWithConfig(ctx context.Context, o *Options, cfg *rest.Config) error {
 			return err
 		}
 	}
+	// The Lease holder is the Pod's name, so `kubectl get lease` tells which
+	// replica leads (controller-runtime's default is hostname_uuid).
+	lock, err := o.leaseLock(cfg)
+	if err != nil {
+		return err
+	}
 	mgr, err = ctrl.NewManager(cfg, ctrl.Options{
-		WebhookServer:                 webhookServerOrNil(webhookServer),
-		Scheme:                        scheme,
-		Cache:                         approver.CacheOptions(),
-		Metrics:                       metricsserver.Options{BindAddress: o.MetricsBindAddress},
-		HealthProbeBindAddress:        o.HealthProbeBindAddress,
-		LeaderElection:                o.LeaderElect,
-		LeaderElectionID:              o.LeaderElectionID,
-		LeaderElectionNamespace:       o.leaderElectionNamespace(),
-		LeaderElectionReleaseOnCancel: true,
-		LeaseDuration:                 &o.LeaseDuration,
-		RenewDeadline:                 &o.RenewDeadline,
-		RetryPeriod:                   &o.RetryPeriod,
-		Controller:                    ctrlconfig.Controller{SkipNameValidation: ptr.To(true)},
-		Logger:                        log,
+		LeaderElectionResourceLockInterface: lock,
+		WebhookServer:                       webhookServerOrNil(webhookServer),
+		Scheme:                              scheme,
+		Cache:                               approver.CacheOptions(),
+		Metrics:                             metricsserver.Options{BindAddress: o.MetricsBindAddress},
+		HealthProbeBindAddress:              o.HealthProbeBindAddress,
+		LeaderElection:                      o.LeaderElect,
+		LeaderElectionID:                    o.LeaderElectionID,
+		LeaderElectionNamespace:             o.leaderElectionNamespace(),
+		LeaderElectionReleaseOnCancel:       true,
+		LeaseDuration:                       &o.LeaseDuration,
+		RenewDeadline:                       &o.RenewDeadline,
+		RetryPeriod:                         &o.RetryPeriod,
+		Controller:                          ctrlconfig.Controller{SkipNameValidation: ptr.To(true)},
+		Logger:                              log,
 	})
 	if err != nil {
 		return fmt.Errorf("failed to create the manager: %w", err)
@@ -304,6 +313,26 @@ func RunWithConfig(ctx context.Context, o *Options, cfg *rest.Config) error {
 	}
 	log.Info("Starting nodecsr-controller", "version", version.Version, "workers", o.MaxConcurrentReconciles, "leaderElection", o.LeaderElect)
 	return mgr.Start(ctx)
+}
+
+// leaseLock is the leader-election Lease held as --pod-name; nil (the
+// manager's default lock) without a pod name or without leader election.
+func (o *Options) leaseLock(cfg *rest.Config) (resourcelock.Interface, error) {
+	if !o.LeaderElect || o.PodName == "" {
+		return nil, nil
+	}
+	cfg = rest.AddUserAgent(rest.CopyConfig(cfg), "leader-election")
+	// One hung request must not outlast the renew deadline.
+	cfg.Timeout = max(o.RenewDeadline/2, time.Second)
+	coordination, err := coordinationv1client.NewForConfig(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("failed to create the leader-election client: %w", err)
+	}
+	return &resourcelock.LeaseLock{
+		LeaseMeta:  metav1.ObjectMeta{Namespace: o.leaderElectionNamespace(), Name: o.LeaderElectionID},
+		Client:     coordination,
+		LockConfig: resourcelock.ResourceLockConfig{Identity: o.PodName},
+	}, nil
 }
 
 // selfReference is this pod, for Events about nodecsr itself.

@@ -50,6 +50,9 @@ func TestLeaderFailoverDuringStorm(t *testing.T) {
 	survivor := map[*replica]*replica{a: b, b: a}[leader]
 	holder := leaseHolder(t, id)
 	t.Logf("%s leads (Lease %s/%s holderIdentity %q)", leader.name, podNamespace, id, holder)
+	if holder != leader.name {
+		t.Errorf("the Lease is held by %q; want the leader's --pod-name %q", holder, leader.name)
+	}
 
 	const storm = 400
 	run := uniqueName("storm")
