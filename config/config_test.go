@@ -2,6 +2,8 @@ package config
 
 import (
 	"errors"
+	"flag"
+	"fmt"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -782,14 +784,9 @@ func writeFile(t *testing.T, path, content string) {
 	}
 }
 
+// FuzzParse's seed corpus is committed in testdata/fuzz/FuzzParse (rewrite
+// it with go test ./config/ -run TestWriteFuzzSeeds -update-fuzz-seeds).
 func FuzzParse(f *testing.F) {
-	f.Add([]byte(header))
-	f.Add([]byte(header + "spec:\n  nodeNames:\n    allowed: [\"a\"]\n"))
-	f.Add([]byte(header + "spec:\n  bootstrap:\n    tokenBindings:\n      - tokenID: abcdef\n        nodeNames: [x]\n"))
-	f.Add([]byte("a: &a [*a]\n"))
-	if data, err := os.ReadFile("example-policy.yaml"); err == nil {
-		f.Add(data)
-	}
 	f.Fuzz(func(t *testing.T, data []byte) {
 		p, err := Parse(data)
 		if err != nil {
@@ -859,6 +856,47 @@ func TestRoundTripThroughSigsYAML(t *testing.T) {
 		// Lists where empty and unset mean the same may come back nil.
 		if got.Digest != want.Digest || len(got.Bootstrap.Groups) != len(want.Bootstrap.Groups) || len(got.Keys.ECDSACurves) != len(want.Keys.ECDSACurves) {
 			t.Errorf("round trip changed the policy:\n%s", out)
+		}
+	}
+}
+
+var updateSeeds = flag.Bool("update-fuzz-seeds", false, "rewrite testdata/fuzz/FuzzParse")
+
+// TestWriteFuzzSeeds rewrites FuzzParse's committed seed corpus: valid
+// policies (the example, every field), and the shapes of broken files.
+func TestWriteFuzzSeeds(t *testing.T) {
+	if !*updateSeeds {
+		t.Skip("run with -update-fuzz-seeds to rewrite testdata/fuzz/FuzzParse")
+	}
+	example, err := os.ReadFile("example-policy.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	seeds := map[string]string{
+		"example":             string(example),
+		"empty-spec":          header,
+		"allowed-names":       header + "spec:\n  nodeNames:\n    allowed: [\"a\"]\n",
+		"token-binding":       header + "spec:\n  bootstrap:\n    tokenBindings:\n      - tokenID: abcdef\n        nodeNames: [x]\n        allowExistingNode: true\n",
+		"recovery-users":      header + "spec:\n  bootstrap:\n    users: [kubelet]\n    recovery: {enabled: true, staleAfterSeconds: 600}\n",
+		"alias-loop":          "a: &a [*a]\n",
+		"unknown-field":       header + "spec:\n  keys:\n    rsa:\n      minbits: 2048\n",
+		"wrong-type":          header + "spec:\n  limits:\n    maxPendingPerNode: lots\n",
+		"duplicate-key":       header + "spec:\n  mode: DryRun\n  mode: Enforce\n",
+		"two-documents":       header + "---\n" + header,
+		"bad-pattern":         header + "spec:\n  nodeNames:\n    denied: [\"a)|(b\"]\n",
+		"all-digit-token":     header + "spec:\n  bootstrap:\n    tokenBindings:\n      - tokenID: 123456\n        nodeNames: [x]\n",
+		"stale-after-too-low": header + "spec:\n  bootstrap:\n    recovery: {staleAfterSeconds: 1}\n",
+		"other-kind":          "apiVersion: v1\nkind: ConfigMap\n",
+		"not-yaml":            "\t{[",
+	}
+	dir := filepath.Join("testdata", "fuzz", "FuzzParse")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for name, data := range seeds {
+		body := fmt.Sprintf("go test fuzz v1\n[]byte(%q)\n", data)
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(body), 0o644); err != nil {
+			t.Fatal(err)
 		}
 	}
 }
