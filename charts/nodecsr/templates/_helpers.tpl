@@ -155,6 +155,16 @@ the values to change. Included by the Deployment, which every install has.
 */}}
 {{- define "nodecsr.validate" -}}
 {{- $v := .Values }}
+{{- /* Kubernetes 1.30 or later. Not a kubeVersion constraint in Chart.yaml:
+       `helm template` without --kube-version (as GitOps tools render) assumes
+       Kubernetes v1.20.0 while offering the APIs of Helm's own client, among
+       them flowcontrol.apiserver.k8s.io/v1 (GA in 1.29), which no real
+       v1.20.0 cluster serves; that combination is Helm's offline default. */}}
+{{- $kv := .Capabilities.KubeVersion.Version }}
+{{- $offline := and (eq $kv "v1.20.0") (.Capabilities.APIVersions.Has "flowcontrol.apiserver.k8s.io/v1") }}
+{{- if and (semverCompare "<1.30.0-0" $kv) (not $offline) }}
+{{- fail (printf "nodecsr needs Kubernetes 1.30 or later; this cluster is %s" $kv) }}
+{{- end }}
 {{- if and (gt (int $v.replicaCount) 1) (not $v.leaderElection.enabled) }}
 {{- fail (printf "replicaCount is %d but leaderElection.enabled is false: several replicas would decide the same CSRs; set leaderElection.enabled=true or replicaCount=1" (int $v.replicaCount)) }}
 {{- end }}

@@ -61,10 +61,22 @@ type rendered struct {
 // `helm template` does (schema validation, templates, {{ fail }}).
 func render(t testing.TB, releaseName, namespace string, vals map[string]any) (*rendered, error) {
 	t.Helper()
+	return renderWith(t, releaseName, namespace, vals, func(inst *action.Install) {
+		inst.KubeVersion = &chartutil.KubeVersion{Version: cluster.KubeVersion, Major: "1", Minor: "37"}
+	})
+}
+
+// renderWith renders as render does, with the install action changed by
+// set (nil: Helm's offline defaults, as `helm template` without
+// --kube-version).
+func renderWith(t testing.TB, releaseName, namespace string, vals map[string]any, set func(*action.Install)) (*rendered, error) {
+	t.Helper()
 	inst := action.NewInstall(&action.Configuration{Log: func(string, ...any) {}})
 	inst.DryRun, inst.ClientOnly, inst.Replace = true, true, true
 	inst.ReleaseName, inst.Namespace = releaseName, namespace
-	inst.KubeVersion = &chartutil.KubeVersion{Version: cluster.KubeVersion, Major: "1", Minor: "37"}
+	if set != nil {
+		set(inst)
+	}
 	rel, err := inst.Run(loadChart(t), vals)
 	if err != nil {
 		return nil, err

@@ -11,6 +11,8 @@ import (
 	"testing"
 
 	"github.com/spf13/pflag"
+	"helm.sh/helm/v3/pkg/action"
+	"helm.sh/helm/v3/pkg/chartutil"
 	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -857,5 +859,24 @@ func TestHelmTestPodPasses(t *testing.T) {
 			}
 			t.Logf("nodecsr-controller %s:\n%s", strings.Join(c.Args, " "), stdout.String())
 		})
+	}
+}
+
+// GitOps tools render offline: `helm template` without --kube-version
+// (Helm assumes Kubernetes v1.20.0 and its own client's APIs) renders the
+// chart; a cluster older than 1.30 is refused with its version.
+func TestRenderOffline(t *testing.T) {
+	r, err := renderWith(t, "nodecsr", "nodecsr-system", nil, nil)
+	if err != nil {
+		t.Fatalf("the chart does not render offline: %v", err)
+	}
+	if len(ofKind(r.objs, "Deployment")) != 1 {
+		t.Errorf("offline render has no Deployment: %v", kinds(r.objs))
+	}
+	_, err = renderWith(t, "nodecsr", "nodecsr-system", nil, func(inst *action.Install) {
+		inst.KubeVersion = &chartutil.KubeVersion{Version: "v1.29.9", Major: "1", Minor: "29"}
+	})
+	if err == nil || !strings.Contains(err.Error(), "nodecsr needs Kubernetes 1.30 or later") {
+		t.Errorf("an old cluster: got %v, want the 1.30 message", err)
 	}
 }
