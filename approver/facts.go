@@ -277,10 +277,10 @@ func newerThan(a, b *certificatesv1.CertificateSigningRequest) bool {
 }
 
 // PendingAround looks through others for CSRs for the same node name from the
-// same requester as csr. newer: one that is newer and pending or approved
-// supersedes csr (once the newest of a burst is approved, an older duplicate
-// decided later must not be approved as well). older: how many older ones
-// are still pending.
+// same requester as csr. newer: one that is newer and pending, or approved
+// and created in a later second, supersedes csr (once the newest of a burst
+// is approved, an older duplicate decided later must not be approved as
+// well). older: how many older ones are still pending.
 func PendingAround(csr *certificatesv1.CertificateSigningRequest, node string, others []certificatesv1.CertificateSigningRequest) (newer bool, older int) {
 	for i := range others {
 		other := &others[i]
@@ -295,9 +295,13 @@ func PendingAround(csr *certificatesv1.CertificateSigningRequest, node string, o
 			continue
 		}
 		switch {
-		case newerThan(other, csr):
+		// An approved CSR supersedes only one it is strictly newer than:
+		// within one second (the timestamps' resolution) the order is
+		// unknown, and a kubelet that files again right after its last
+		// certificate was issued must not lose to it by name.
+		case pending && newerThan(other, csr), !pending && csr.CreationTimestamp.Before(&other.CreationTimestamp):
 			newer = true
-		case pending:
+		case pending && !newerThan(other, csr):
 			older++
 		}
 	}

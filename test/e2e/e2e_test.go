@@ -15,19 +15,15 @@ import (
 	"encoding/asn1"
 	"errors"
 	"fmt"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
-	"sort"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
-	appsv1 "k8s.io/api/apps/v1"
 	authenticationv1 "k8s.io/api/authentication/v1"
 	certificatesv1 "k8s.io/api/certificates/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -227,8 +223,13 @@ func install(ctx context.Context, t *testing.T) installation {
 		t.Fatal(err)
 	}
 
-	p := startController(ctx, t, d, certPEM, keyPEM)
-	base := "https://127.0.0.1:" + strconv.Itoa(p.webhookPort)
+	p := env.StartController(ctx, t, env.ControllerOptions{
+		Binary: filepath.Join(binDir, "nodecsr-controller"), Deployment: d,
+		Admin: admin, AdminKubeconfig: tc.AdminKubeconfig(),
+		WebhookCertPEM: certPEM, WebhookKeyPEM: keyPEM,
+		PodName: d.Name + "-e2e-0", Deadline: deadline,
+	})
+	base := "https://127.0.0.1:" + strconv.Itoa(p.WebhookPort)
 	if err := env.PointWebhooksAt(ctx, admin, fullname, base); err != nil {
 		t.Fatal(err)
 	}
@@ -242,170 +243,11 @@ func install(ctx context.Context, t *testing.T) installation {
 		}
 	}
 	waitWebhookServing(ctx, t, base)
-	return installation{fullname: fullname, eventsNamespace: flagValue(t, d.Spec.Template.Spec.Containers[0].Args, "events-namespace")}
-}
-
-// controllerProcess is the real nodecsr-controller.
-type controllerProcess struct {
-	webhookPort int
-}
-
-// startController runs the nodecsr-controller binary with the Deployment's
-// own args, overriding only what belongs to a pod, as the chart's
-// ServiceAccount (the admin impersonating it), and waits for its /readyz. It
-// is stopped when the test ends.
-func startController(ctx context.Context, t *testing.T, d *appsv1.Deployment, certPEM, keyPEM []byte) *controllerProcess {
-	t.Helper()
-	work := t.TempDir()
-	certDir := filepath.Join(work, "webhook-certs")
-	if err := os.Mkdir(certDir, 0o700); err != nil {
-		t.Fatal(err)
+	eventsNamespace, ok := env.FlagValue(d.Spec.Template.Spec.Containers[0].Args, "events-namespace")
+	if !ok {
+		t.Fatal("the Deployment has no --events-namespace")
 	}
-	if _, _, err := (&cluster.KeyPair{CertPEM: certPEM, KeyPEM: keyPEM}).WriteFiles(certDir, "tls"); err != nil {
-		t.Fatal(err)
-	}
-	cm, err := admin.CoreV1().ConfigMaps(namespace).Get(ctx, d.Name+"-policy", metav1.GetOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	policy := filepath.Join(work, "policy.yaml")
-	if err := os.WriteFile(policy, []byte(cm.Data["policy.yaml"]), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	sa := d.Spec.Template.Spec.ServiceAccountName
-	if sa == "" {
-		t.Fatal("the Deployment names no ServiceAccount")
-	}
-	kubeconfig := filepath.Join(work, "kubeconfig")
-	writeImpersonatingKubeconfig(t, kubeconfig, env.ServiceAccount(namespace, sa))
-
-	ports := make([]int, 3)
-	for i := range ports {
-		if ports[i], err = cluster.FreePort(); err != nil {
-			t.Fatal(err)
-		}
-	}
-	args := overrideArgs(t, d.Spec.Template.Spec.Containers[0].Args, map[string]string{
-		"kubeconfig":                kubeconfig,
-		"policy":                    policy,
-		"webhook-cert-dir":          certDir,
-		"webhook-host":              "127.0.0.1",
-		"webhook-port":              strconv.Itoa(ports[0]),
-		"metrics-bind-address":      "127.0.0.1:" + strconv.Itoa(ports[1]),
-		"health-probe-bind-address": "127.0.0.1:" + strconv.Itoa(ports[2]),
-		"pod-name":                  d.Name + "-e2e-0",
-		"pod-namespace":             namespace,
-	})
-	logPath := filepath.Join(work, "nodecsr-controller.log")
-	logFile, err := os.Create(logPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(filepath.Join(binDir, "nodecsr-controller"), args...)
-	cmd.Stdout, cmd.Stderr = logFile, logFile
-	if err := cluster.Spawn(cmd); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	var exitErr error
-	go func() {
-		exitErr = cmd.Wait()
-		_ = logFile.Close()
-		close(done)
-	}()
-	t.Cleanup(func() {
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-done:
-			// SIGTERM stops nodecsr-controller gracefully: exit status 0.
-			if exitErr != nil {
-				t.Errorf("nodecsr-controller exited with %v", exitErr)
-			}
-		case <-time.After(30 * time.Second):
-			_ = cmd.Process.Kill()
-			<-done
-			t.Error("nodecsr-controller did not stop within 30s of SIGTERM")
-		}
-		if t.Failed() {
-			t.Logf("nodecsr-controller's log (%s), last lines:\n%s", strings.Join(args, " "), tail(logPath, 40))
-		}
-	})
-
-	ready := "http://127.0.0.1:" + strconv.Itoa(ports[2]) + "/readyz"
-	if err := wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, deadline, true, func(ctx context.Context) (bool, error) {
-		select {
-		case <-done:
-			return false, fmt.Errorf("nodecsr-controller exited: %v", exitErr)
-		default:
-		}
-		req, err := http.NewRequestWithContext(ctx, http.MethodGet, ready, nil)
-		if err != nil {
-			return false, err
-		}
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			return false, nil
-		}
-		_ = resp.Body.Close()
-		return resp.StatusCode == http.StatusOK, nil
-	}); err != nil {
-		t.Fatalf("nodecsr-controller did not become ready: %v", err)
-	}
-	return &controllerProcess{webhookPort: ports[0]}
-}
-
-// writeImpersonatingKubeconfig writes the admin's kubeconfig with every user
-// impersonating id, so a process using it has exactly id's permissions.
-func writeImpersonatingKubeconfig(t *testing.T, path string, id rest.ImpersonationConfig) {
-	t.Helper()
-	kc, err := clientcmd.LoadFromFile(tc.AdminKubeconfig())
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, ai := range kc.AuthInfos {
-		ai.Impersonate = id.UserName
-		ai.ImpersonateGroups = id.Groups
-	}
-	if err := clientcmd.WriteToFile(*kc, path); err != nil {
-		t.Fatal(err)
-	}
-}
-
-// overrideArgs replaces the --name=value args named in set and adds the rest
-// of set. The chart writes every flag as --name=value.
-func overrideArgs(t *testing.T, args []string, set map[string]string) []string {
-	t.Helper()
-	var out []string
-	for _, a := range args {
-		name, _, ok := strings.Cut(strings.TrimPrefix(a, "--"), "=")
-		if !strings.HasPrefix(a, "--") || !ok {
-			t.Fatalf("the Deployment's arg %q is not --name=value", a)
-		}
-		if _, replaced := set[name]; !replaced {
-			out = append(out, a)
-		}
-	}
-	names := make([]string, 0, len(set))
-	for name := range set {
-		names = append(names, name)
-	}
-	sort.Strings(names)
-	for _, name := range names {
-		out = append(out, "--"+name+"="+set[name])
-	}
-	return out
-}
-
-// flagValue is the value of --name=value in args.
-func flagValue(t *testing.T, args []string, name string) string {
-	t.Helper()
-	for _, a := range args {
-		if v, ok := strings.CutPrefix(a, "--"+name+"="); ok {
-			return v
-		}
-	}
-	t.Fatalf("the Deployment has no --%s", name)
-	return ""
+	return installation{fullname: fullname, eventsNamespace: eventsNamespace}
 }
 
 // waitWebhookServing waits until the API server calls the validating webhook
@@ -711,15 +553,6 @@ func reasons(evs []corev1.Event) []string {
 		out = append(out, ev.Reason)
 	}
 	return out
-}
-
-func tail(path string, n int) string {
-	data, _ := os.ReadFile(path)
-	lines := strings.Split(strings.TrimRight(string(data), "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
 }
 
 func lastLine(s string) string {
