@@ -282,7 +282,7 @@ func (c *Containerd) Ctr(ctx context.Context, args ...string) (string, error) {
 }
 
 // ImportImage imports a `docker save`-style tarball (what `make image` and
-// hack/pause write) into the CRI plugin's namespace, unpacked for the
+// test/pause write) into the CRI plugin's namespace, unpacked for the
 // overlayfs snapshotter, and returns the image references it holds.
 func (c *Containerd) ImportImage(ctx context.Context, tarball string) ([]string, error) {
 	out, err := c.Ctr(ctx, "images", "import", "--snapshotter", "overlayfs", tarball)

@@ -117,7 +117,7 @@ func TestNodecsrPodApprovesItsNodesRenewal(t *testing.T) {
 	// Images first: the sandbox image and nodecsr-controller's, both built
 	// here, since no registry is reachable.
 	pauseTar, pauseRef := filepath.Join(n.dir, "pause-image.tar"), "nodecsr.invalid/pause:e2e"
-	goRun(ctx, t, root, "./hack/pause", "--output", pauseTar, "--ref", pauseRef)
+	goRun(ctx, t, filepath.Join(root, "test"), "./pause", "--output", pauseTar, "--ref", pauseRef)
 	imageTar := imageTarball(ctx, t, root, n.dir)
 
 	c, err := cluster.Start(ctx, cluster.Options{Dir: filepath.Join(n.dir, "cluster"), Logf: t.Logf})

@@ -1,6 +1,6 @@
 // Command pause is the sandbox ("pause") process of the test node's pods: it
 // holds the pod's namespaces, reaps the zombies of a shared PID namespace and
-// exits 0 on SIGTERM or SIGINT, like registry.k8s.io/pause. hack/pause packs
+// exits 0 on SIGTERM or SIGINT, like registry.k8s.io/pause. test/pause packs
 // it into an image; it must be built statically (CGO_ENABLED=0).
 package main
 

@@ -2,9 +2,9 @@
 // containerd uses, without a container daemon and without network access (no
 // registry is reachable from the test machines):
 //
-//	go run ./hack/pause --output bin/pause-image.tar [--ref nodecsr.invalid/pause:e2e]
+//	cd test && go run ./pause --output bin/pause-image.tar [--ref nodecsr.invalid/pause:e2e]
 //
-// It builds ./hack/pause/pause statically and writes a `docker save`-style
+// It builds ./pause/pause statically and writes a `docker save`-style
 // tarball with one layer holding it at /pause, entrypoint /pause, user
 // 65535:65535 (as registry.k8s.io/pause), which `ctr images import` reads.
 // The default reference is in the reserved .invalid domain, so that nothing
@@ -68,12 +68,12 @@ func run(ctx context.Context, args []string) error {
 	}
 	defer func() { _ = os.RemoveAll(dir) }()
 	bin := filepath.Join(dir, "pause")
-	cmd := exec.CommandContext(ctx, "go", "build", "-trimpath", "-ldflags", "-s -w", "-o", bin, "./hack/pause/pause")
+	cmd := exec.CommandContext(ctx, "go", "build", "-trimpath", "-ldflags", "-s -w", "-o", bin, "./pause/pause")
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH="+*arch)
 	var stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = io.Discard, &stderr
 	if err := cmd.Run(); err != nil {
-		return fmt.Errorf("go build ./hack/pause/pause (run from the repository root): %w\n%s", err, stderr.String())
+		return fmt.Errorf("go build ./pause/pause (run from the test module, test/): %w\n%s", err, stderr.String())
 	}
 	img, err := build(bin, *arch)
 	if err != nil {
