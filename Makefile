@@ -28,15 +28,16 @@ TEST_FUZZTIME ?= 10s
 
 .PHONY: help
 help: ## Show this help.
-	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 .PHONY: build
 build: ## Build nodecsr-controller and nodecsr-request into ./bin.
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/ ./cmd/...
 
 .PHONY: assets
-assets: ## Build etcd, kube-apiserver, kube-controller-manager and kubelet into the per-user cache (only when missing).
+assets: ## Build etcd, kube-apiserver, kube-controller-manager, kubelet and promtool into the per-user cache (only when missing).
 	@hack/build-assets.sh >/dev/null
+	@hack/build-promtool.sh >/dev/null
 
 .PHONY: test
 test: assets ## Run unit and integration tests against a real local control plane, then each fuzz target briefly.
@@ -68,6 +69,10 @@ demo: assets ## Run the demo on a local control plane (KEEP=1 keeps it running).
 bench: assets ## Run the benchmarks side by side with kube-controller-manager and write BENCHMARKS.md (about 10 minutes).
 	cd test && $(GO) run ./bench all -markdown $(CURDIR)/BENCHMARKS.md
 
+.PHONY: compat
+compat: ## Run the kubelet bootstrap and rotation e2e cases with kubelets v1.34 to v1.37 and print what each sent (builds missing kubelets: ~10 min each).
+	@hack/compat.sh
+
 CHART_KUBE_VERSION := 1.37.2
 CHART_TEST_VALUES  := test/integration/chart/testdata/values-nondefault.yaml
 
@@ -77,10 +82,16 @@ helm-lint: $(HELM) ## Lint and render the Helm chart with default and non-defaul
 	$(HELM) lint --strict charts/nodecsr --kube-version $(CHART_KUBE_VERSION) -f $(CHART_TEST_VALUES)
 	$(HELM) template nodecsr charts/nodecsr --kube-version $(CHART_KUBE_VERSION) >/dev/null
 	$(HELM) template nodecsr charts/nodecsr --kube-version $(CHART_KUBE_VERSION) -f $(CHART_TEST_VALUES) >/dev/null
+	$(HELM) template nodecsr charts/nodecsr >/dev/null
 
 .PHONY: image
 image: ## Build the nodecsr-controller image as bin/nodecsr-controller-image.tar (no daemon, no pulls).
 	VERSION=$(VERSION) $(GO) run ./hack/image --output $(BIN)/nodecsr-controller-image.tar
+
+.PHONY: e2e-node
+e2e-node: assets image ## As root: run the image as the chart's Pod under a real kubelet and containerd (installs Debian's containerd and runc when missing).
+	cd test && NODECSR_E2E_NODE=$${NODECSR_E2E_NODE:-1} NODECSR_IMAGE_TARBALL=$(BIN)/nodecsr-controller-image.tar \
+		$(GO) test -timeout 30m -count=1 -v $(TEST_FLAGS) ./e2e/node/
 
 .PHONY: clean
 clean: ## Remove build output and the repository's tool cache (the per-user control-plane cache stays; see clean-cache).

@@ -360,6 +360,10 @@ func newPolicyMetrics(reg prometheus.Registerer) *policyMetrics {
 		}, []string{"digest"}),
 	}
 	m.reloads = approver.Register(reg, m.reloads)
+	// Both series exist from the start, so that the first failed reload is an
+	// increase an alert sees (increase() ignores a series' first sample).
+	m.reloads.WithLabelValues("success")
+	m.reloads.WithLabelValues("error")
 	m.info = approver.Register(reg, m.info)
 	return m
 }
