@@ -40,8 +40,13 @@ build() { # build NAME MODULE_DIR PACKAGE LDFLAGS
 	[ -x "$dir/$name" ] && return 0
 	echo ">> building $name ($pkg) into $dir" >&2
 	local start=$SECONDS
-	(cd "$root/test/tools/$mod" && go build -trimpath -ldflags "$ldflags" -o "$dir/$name.tmp" "$pkg")
-	mv "$dir/$name.tmp" "$dir/$name"
+	# A private temp folder, then an atomic rename: two clones building at
+	# once never see or overwrite a half-written binary.
+	local tmp
+	tmp=$(mktemp -d "$dir/.build-$name.XXXXXX")
+	trap 'rm -rf "$tmp"' RETURN
+	(cd "$root/test/tools/$mod" && go build -trimpath -ldflags "$ldflags" -o "$tmp/$name" "$pkg")
+	mv -f "$tmp/$name" "$dir/$name"
 	echo ">> built $name in $((SECONDS - start))s" >&2
 }
 
