@@ -1,10 +1,12 @@
 // Package faults_test runs the real nodecsr-controller binary (built once for
 // the package) against a real control plane (etcd, kube-apiserver,
 // kube-controller-manager's csrsigning) and breaks things under load: the
-// leader is SIGKILLed during a storm, the API server restarts, the controller
-// restarts with a backlog, the webhook goes away while hostile CSRs arrive,
-// and the policy file is replaced by a broken one. Every CSR must still get
-// exactly one decision, with the right reason, recorded by exactly one Event.
+// leader is SIGKILLed during a storm, the leader is cut off from the API
+// server while it keeps running (a partition), the API server restarts, the
+// controller restarts with a backlog, the webhook goes away while hostile
+// CSRs arrive, and the policy file is replaced by a broken one. Every CSR
+// must still get exactly one decision, with the right reason, recorded by
+// exactly one Event.
 //
 // Every process dies with the test binary (cluster.Spawn); its log is printed
 // when a test fails. Only loopback traffic. Waits are generous polls; times
@@ -47,6 +49,9 @@ var (
 	tc     *cluster.Cluster
 	admin  kubernetes.Interface
 	binary string
+	// auditLog is kube-apiserver's audit log (JSON lines): every write by a
+	// user in auditedGroup, at Metadata level, and nothing else.
+	auditLog string
 )
 
 const (
@@ -57,6 +62,8 @@ const (
 	// podNamespace is where the replicas say they run; it holds the Lease
 	// and the Events about the replicas.
 	podNamespace = metav1.NamespaceSystem
+	// auditedGroup: the API server audits every write of a user in this group.
+	auditedGroup = "faults-audited"
 	// pollTimeout bounds every wait; generous, the machine may be busy.
 	pollTimeout = 3 * time.Minute
 	// recheckAfter: decisions are looked at again this long after the last
@@ -88,7 +95,14 @@ func run(m *testing.M) int {
 		fmt.Fprintf(os.Stderr, "FAIL: %v\n", err)
 		return 1
 	}
+	auditLog = filepath.Join(dir, "audit.log")
+	auditPolicy := filepath.Join(dir, "audit-policy.yaml")
+	if err := os.WriteFile(auditPolicy, []byte(auditPolicyYAML), 0o600); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
 	opts := cluster.Options{
+		APIServerFlags: map[string]string{"audit-policy-file": auditPolicy, "audit-log-path": auditLog},
 		// The signer keeps up with the storms instead of signing for minutes
 		// after each test (its default client allows 20 QPS).
 		ControllerManagerFlags: map[string]string{"kube-api-qps": "200", "kube-api-burst": "400"},
@@ -108,6 +122,18 @@ func run(m *testing.M) int {
 		return err
 	})
 }
+
+// auditPolicyYAML records the writes of auditedGroup's users when they are
+// done (ResponseComplete), with who, from where, what and the status code.
+const auditPolicyYAML = `apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: ["RequestReceived"]
+rules:
+- level: Metadata
+  userGroups: ["` + auditedGroup + `"]
+  verbs: ["create", "update", "patch", "delete", "deletecollection"]
+- level: None
+`
 
 func buildController(dir string) (string, error) {
 	return filepath.Join(dir, "nodecsr-controller"), cluster.BuildBinaries(context.Background(), dir, "./cmd/nodecsr-controller")
@@ -140,8 +166,10 @@ func writeFile(t *testing.T, path, content string) {
 
 // replicaOptions configures one nodecsr-controller process.
 type replicaOptions struct {
-	// name is --pod-name (Events' reportingInstance).
+	// name is --pod-name (Events' reportingInstance, the Lease's holderIdentity).
 	name string
+	// kubeconfig is --kubeconfig; empty: the admin's.
+	kubeconfig string
 	// policy is the --policy file; empty: the default policy.
 	policy string
 	// leaderElectionID turns on --leader-elect with this Lease name.
@@ -175,8 +203,12 @@ func startReplica(t *testing.T, o replicaOptions) *replica {
 		readyzURL:  fmt.Sprintf("http://127.0.0.1:%d/readyz", health),
 		done:       make(chan struct{}),
 	}
+	kubeconfig := o.kubeconfig
+	if kubeconfig == "" {
+		kubeconfig = tc.AdminKubeconfig()
+	}
 	args := []string{
-		"--kubeconfig", tc.AdminKubeconfig(),
+		"--kubeconfig", kubeconfig,
 		"--metrics-bind-address", fmt.Sprintf("127.0.0.1:%d", metrics),
 		"--health-probe-bind-address", fmt.Sprintf("127.0.0.1:%d", health),
 		"--pod-name", o.name, "--pod-namespace", podNamespace,
@@ -282,9 +314,18 @@ func tail(path string, n int) string {
 // labels include want. A series that does not exist yet counts as 0.
 func (r *replica) metric(t *testing.T, name string, want map[string]string) float64 {
 	t.Helper()
+	v, err := r.scrape(name, want)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return v
+}
+
+// scrape is metric for a replica that may have exited: it returns the error.
+func (r *replica) scrape(name string, want map[string]string) (float64, error) {
 	resp, err := http.Get(r.metricsURL)
 	if err != nil {
-		t.Fatalf("scrape %s: %v", r.name, err)
+		return 0, fmt.Errorf("scrape %s: %w", r.name, err)
 	}
 	defer func() { _ = resp.Body.Close() }()
 	var sum float64
@@ -314,19 +355,19 @@ func (r *replica) metric(t *testing.T, name string, want map[string]string) floa
 		}
 		f, err := strconv.ParseFloat(strings.Fields(value)[0], 64)
 		if err != nil {
-			t.Fatalf("bad sample %q: %v", line, err)
+			return 0, fmt.Errorf("bad sample %q from %s: %w", line, r.name, err)
 		}
 		sum += f
 	}
 	if err := sc.Err(); err != nil {
-		t.Fatal(err)
+		return 0, fmt.Errorf("scrape %s: %w", r.name, err)
 	}
-	return sum
+	return sum, nil
 }
 
 // isLeader reports whether the replica holds the Lease (controller-runtime's
-// leader_election_master_status). The Lease's holderIdentity is
-// <hostname>_<uuid>, the same hostname for every replica on this machine.
+// leader_election_master_status). The Lease's holderIdentity is the
+// replica's --pod-name (leaseHolder).
 func (r *replica) isLeader(t *testing.T, id string) bool {
 	t.Helper()
 	return r.metric(t, "leader_election_master_status", map[string]string{"name": id}) == 1
