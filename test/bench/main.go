@@ -229,6 +229,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	if want("webhook") {
 		step("webhook", func() (err error) { rep.Webhook, err = e.runWebhook(ctx, o); return err })
 	}
+	apfPart(ctx, want, step, e, o, stdout)
 	// Last: it leaves 100,000 objects behind, which go with the control plane.
 	if want("memory") {
 		step("memory", func() (err error) { rep.Memory, err = e.runMemory(ctx, o); return err })

@@ -88,6 +88,7 @@ func TestRenderDefaults(t *testing.T) {
 		"Certificate/" + ns + "/" + fullname + "-ca",
 		"Issuer/" + ns + "/" + fullname + "-ca",
 		"Certificate/" + ns + "/" + fullname + "-serving",
+		"FlowSchema/" + fullname,
 	}
 	assertSameSet(t, "objects", kinds(r.objs), want)
 	assertSameSet(t, "hooks", kinds(r.hooks), []string{"ConfigMap/" + ns + "/" + fullname + "-test", "Pod/" + ns + "/" + fullname + "-test"})
@@ -216,6 +217,7 @@ func TestRenderNonDefaultValues(t *testing.T) {
 		"ServiceMonitor/" + ns + "/" + fullname,
 		"PrometheusRule/" + ns + "/" + fullname,
 		"NetworkPolicy/" + ns + "/" + fullname,
+		"FlowSchema/" + fullname,
 	}
 	assertSameSet(t, "objects", kinds(r.objs), want)
 	if len(r.hooks) != 0 {
