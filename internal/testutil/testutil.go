@@ -1,9 +1,12 @@
 // Package testutil holds small helpers the unit and integration tests share:
-// reading a metric from a Prometheus gatherer and collecting the API
-// server's warnings.
+// reading a metric from a Prometheus gatherer or another process's /metrics,
+// collecting the API server's warnings, inner deadlines derived from the
+// test's own, and files replaced atomically.
 package testutil
 
 import (
+	"fmt"
+	"os"
 	"sync"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -40,6 +43,8 @@ func MetricSum(g prometheus.Gatherer, name string, want map[string]string) (floa
 				sum += m.GetGauge().GetValue()
 			case m.Histogram != nil:
 				sum += float64(m.GetHistogram().GetSampleCount())
+			case m.Untyped != nil:
+				sum += m.GetUntyped().GetValue()
 			}
 		}
 	}
@@ -64,4 +69,18 @@ func (w *Warnings) All() []string {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	return append([]string(nil), w.list...)
+}
+
+// WriteFileAtomically replaces the file at path with data (mode 0600) by
+// writing path.tmp and renaming it over path, as the kubelet updates a
+// ConfigMap volume: a reader sees the old content or the new, never part.
+func WriteFileAtomically(path string, data []byte) error {
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, data, 0o600); err != nil {
+		return fmt.Errorf("failed to write %s: %w", tmp, err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return fmt.Errorf("failed to replace %s: %w", path, err)
+	}
+	return nil
 }

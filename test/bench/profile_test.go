@@ -15,20 +15,28 @@ import (
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 
+	ctrlmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
+
 	"github.com/nodecsr/nodecsr/cmd/nodecsr-controller/app"
+	"github.com/nodecsr/nodecsr/config"
+	"github.com/nodecsr/nodecsr/internal/testutil"
 )
 
-// TestProfile runs nodecsr-controller in-process against a real control
-// plane to see where its CPU time and memory go (the binary serves no pprof
-// endpoint). It writes, into the folder named by NODECSR_BENCH_PROFILE:
+// TestProfile runs nodecsr-controller in-process (app.RunWithConfig: the
+// binary serves no pprof endpoint), once, against a real control plane to
+// see where its CPU time and memory go. It writes, into the folder named by
+// NODECSR_BENCH_PROFILE:
 //
 //   - cpu.pprof: a CPU profile of the whole test process while nodecsr
-//     approves NODECSR_BENCH_PROFILE_N (default 2000) pending CSRs;
+//     starts and approves NODECSR_BENCH_PROFILE_N (default 2000) pending
+//     CSRs, with the default policy;
 //   - heap.pprof: a heap profile after a GC with NODECSR_BENCH_PROFILE_PENDING
-//     (default 10000) kubelet client CSRs left pending in nodecsr's cache.
+//     (default 10000) kubelet client CSRs left pending in nodecsr's cache,
+//     after a reload of a policy that leaves them pending.
 //
 // Skipped unless NODECSR_BENCH_PROFILE is set. The bench's own CSR watch is in
-// the same process; its stacks start in the bench's tracker.
+// the same process; its stacks start in the bench's tracker. This is the only
+// test that runs nodecsr-controller in-process, and it starts it once.
 //
 //	NODECSR_BENCH_PROFILE=/tmp/prof go test ./test/bench -run TestProfile -v -timeout 20m
 //	go tool pprof -top -nodecount 40 /tmp/prof/cpu.pprof
@@ -42,7 +50,8 @@ func TestProfile(t *testing.T) {
 	if err := os.MkdirAll(out, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	ctx := t.Context()
+	ctx, cancel := testutil.Context(t)
+	defer cancel()
 	e, cleanup, err := setupEnv(ctx, t.Logf)
 	if err != nil {
 		t.Fatal(err)
@@ -58,8 +67,15 @@ func TestProfile(t *testing.T) {
 	defer func() { _ = logFile.Close() }()
 	ctrl.SetLogger(zap.New(zap.WriteTo(logFile), zap.Level(zapcore.InfoLevel)))
 
-	// start runs nodecsr-controller's RunWithConfig with its defaults.
-	start := func(policy string) (stop func()) {
+	// The default policy, in a file, so that the heap phase can reload
+	// another one into the same process.
+	policy := filepath.Join(e.dir, "profile-policy.yaml")
+	if err := os.WriteFile(policy, []byte(defaultPolicy), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	// start runs nodecsr-controller's RunWithConfig with its defaults and
+	// that policy file.
+	start := func() (stop func()) {
 		o := app.NewOptions()
 		o.MetricsBindAddress, o.HealthProbeBindAddress, o.PolicyFile = "0", "0", policy
 		cfg := e.c.AdminConfig()
@@ -74,8 +90,16 @@ func TestProfile(t *testing.T) {
 			}
 		}
 	}
+	metric := func(name string, want map[string]string) float64 {
+		t.Helper()
+		v, err := testutil.MetricSum(ctrlmetrics.Registry, name, want)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
 
-	// CPU: approve n pending CSRs.
+	// CPU: start and approve n pending CSRs.
 	const group = "profile-approve"
 	ids, err := e.makeIdentities(ctx, "bench-profile", group, n)
 	if err != nil {
@@ -95,12 +119,12 @@ func TestProfile(t *testing.T) {
 		t.Fatal(err)
 	}
 	t0 := time.Now()
-	stop := start("")
-	err = e.tracker.waitFor(ctx, group, 5*time.Minute, "approvals", func(_, decided int) bool { return decided >= n }, nil)
+	stop := start()
+	defer stop()
+	err = e.tracker.waitFor(ctx, group, testutil.Remaining(t), "approvals", func(_, decided int) bool { return decided >= n }, nil)
 	elapsed := time.Since(t0)
 	pprof.StopCPUProfile()
 	_ = cpuFile.Close()
-	stop()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -110,24 +134,35 @@ func TestProfile(t *testing.T) {
 	}
 
 	// Heap: pending CSRs left pending by the policy.
-	policy := filepath.Join(e.dir, "memory-policy.yaml")
-	if err := os.WriteFile(policy, []byte(memoryPolicy), 0o600); err != nil {
+	p, err := config.Parse([]byte(memoryPolicy))
+	if err != nil {
 		t.Fatal(err)
 	}
-	if err := e.createPending(ctx, pending); err != nil {
+	if err := testutil.WriteFileAtomically(policy, []byte(memoryPolicy)); err != nil {
 		t.Fatal(err)
 	}
+	if err := testutil.Poll(t, 100*time.Millisecond, func(context.Context) (bool, error) {
+		return metric("nodecsr_policy_info", map[string]string{"digest": p.Digest}) == 1, nil
+	}); err != nil {
+		t.Fatalf("the policy that leaves CSRs pending was not reloaded: %v", err)
+	}
+	ignored := metric("nodecsr_decisions_total", map[string]string{"decision": "Ignore"})
 	var before runtime.MemStats
 	runtime.GC()
 	runtime.ReadMemStats(&before)
-	stop = start(policy)
-	defer stop()
-	// Give it time to list, examine and requeue every CSR.
-	time.Sleep(time.Duration(pending/500+10) * time.Second)
+	if err := e.createPending(ctx, pending); err != nil {
+		t.Fatal(err)
+	}
+	// Wait until nodecsr has examined every one (each is left pending once).
+	if err := testutil.Poll(t, 500*time.Millisecond, func(context.Context) (bool, error) {
+		return metric("nodecsr_decisions_total", map[string]string{"decision": "Ignore"}) >= ignored+float64(pending), nil
+	}); err != nil {
+		t.Fatalf("nodecsr did not examine the %d pending CSRs: %v", pending, err)
+	}
 	runtime.GC()
 	var after runtime.MemStats
 	runtime.ReadMemStats(&after)
-	t.Logf("heap in use: %.1f MiB before nodecsr started, %.1f MiB with it running and %d CSRs pending (%.0f bytes per CSR, including the bench's own watch)",
+	t.Logf("heap in use: %.1f MiB with nodecsr running idle, %.1f MiB with %d CSRs pending (%.0f bytes per CSR, including the bench's own watch)",
 		float64(before.HeapInuse)/mib, float64(after.HeapInuse)/mib, pending, float64(after.HeapInuse-before.HeapInuse)/float64(pending))
 	heapFile, err := os.Create(filepath.Join(out, "heap.pprof"))
 	if err != nil {
@@ -139,6 +174,9 @@ func TestProfile(t *testing.T) {
 	}
 	fmt.Fprintf(os.Stderr, "profiles written to %s\n", out)
 }
+
+// defaultPolicy is the policy nodecsr runs without a policy file.
+const defaultPolicy = "apiVersion: nodecsr.io/v1alpha1\nkind: Policy\n"
 
 func envInt(t *testing.T, name string, def int) int {
 	t.Helper()

@@ -1,13 +1,13 @@
 package cluster
 
 import (
-	"context"
 	"fmt"
 	"os"
 	"os/signal"
 	"syscall"
 	"testing"
-	"time"
+
+	"github.com/nodecsr/nodecsr/internal/testutil"
 )
 
 // RunTests is the body of an integration package's TestMain: it starts one
@@ -17,7 +17,20 @@ import (
 //
 //	func TestMain(m *testing.M) { os.Exit(cluster.RunTests(m, cluster.Options{}, func(c *cluster.Cluster) { testCluster = c })) }
 func RunTests(m *testing.M, opts Options, use func(*Cluster) error) int {
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	return RunSuite(m, opts, func(c *Cluster) (func(code int) int, error) {
+		if use == nil {
+			return nil, nil
+		}
+		return nil, use(c)
+	})
+}
+
+// RunSuite is RunTests where setup may also return a teardown, which runs
+// after the tests, before the control plane stops, with the tests' exit
+// code, and returns the package's. Starting the control plane may take
+// until testutil.MainContext ends (a margin before -test.timeout).
+func RunSuite(m *testing.M, opts Options, setup func(*Cluster) (teardown func(code int) int, err error)) int {
+	ctx, cancel := testutil.MainContext()
 	c, err := Start(ctx, opts)
 	cancel()
 	if err != nil {
@@ -34,13 +47,17 @@ func RunTests(m *testing.M, opts Options, use func(*Cluster) error) int {
 	}()
 	defer signal.Stop(sigs)
 	defer func() { _ = c.Stop() }()
-	if use != nil {
-		if err := use(c); err != nil {
+	var teardown func(int) int
+	if setup != nil {
+		if teardown, err = setup(c); err != nil {
 			fmt.Fprintf(os.Stderr, "FAIL: could not prepare the test control plane: %v\n", err)
 			return 1
 		}
 	}
 	code := m.Run()
+	if teardown != nil {
+		code = teardown(code)
+	}
 	if code != 0 {
 		fmt.Fprintf(os.Stderr, "control-plane logs were in %s/logs (set NODECSR_KEEP_CLUSTER_DIR=1 to keep them)\n", c.Dir())
 	}

@@ -169,7 +169,7 @@ func install(ctx context.Context, t *testing.T) installation {
 		"leaderElection": map[string]any{"enabled": true},
 	}
 	// The control plane goes away with the test binary; no uninstall.
-	if _, _, err := env.HelmInstall(tc.AdminKubeconfig(), ch, "nodecsr", namespace, vals, nil); err != nil {
+	if _, _, err := env.HelmInstall(ctx, tc.AdminKubeconfig(), ch, "nodecsr", namespace, vals, nil); err != nil {
 		t.Fatal(err)
 	}
 	deployments, err := admin.AppsV1().Deployments(namespace).List(ctx, metav1.ListOptions{})

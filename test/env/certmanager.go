@@ -95,7 +95,7 @@ func CertManagerCRDDir() (string, error) {
 
 // InstallCertManagerCRDs creates the cert-manager.io CRDs (the ACME ones are
 // not needed) with c, whose scheme must hold apiextensions/v1, and waits
-// until they are Established. Call it early: the API server delays the first
+// until they are Established (or ctx ends). Call it early: the API server delays the first
 // create of a custom resource that comes within seconds of its CRD becoming
 // Established.
 func InstallCertManagerCRDs(ctx context.Context, c client.Client) error {
@@ -126,7 +126,7 @@ func InstallCertManagerCRDs(ctx context.Context, c client.Client) error {
 		}
 		names = append(names, crd.Name)
 	}
-	return wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
+	return wait.PollUntilContextCancel(ctx, 100*time.Millisecond, true, func(ctx context.Context) (bool, error) {
 		for _, name := range names {
 			crd := &apiextensionsv1.CustomResourceDefinition{}
 			if err := c.Get(ctx, client.ObjectKey{Name: name}, crd); err != nil {
@@ -250,12 +250,14 @@ func StartCertManager(ctx context.Context, kubeconfig string, cfg *rest.Config, 
 	return stop, nil
 }
 
-// WaitCertificateReady waits up to timeout for the Certificate's Ready
-// condition and returns the Certificate. c's scheme must hold cert-manager's
-// types.
+// WaitCertificateReady waits for the Certificate's Ready condition, for up
+// to timeout if it is positive, else until ctx ends, and returns the
+// Certificate. c's scheme must hold cert-manager's types.
 func WaitCertificateReady(ctx context.Context, c client.Client, namespace, name string, timeout time.Duration) (*cmapi.Certificate, error) {
+	ctx, cancel := withTimeout(ctx, timeout)
+	defer cancel()
 	cert := &cmapi.Certificate{}
-	err := wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, timeout, true, func(ctx context.Context) (bool, error) {
+	err := wait.PollUntilContextCancel(ctx, 100*time.Millisecond, true, func(ctx context.Context) (bool, error) {
 		if err := c.Get(ctx, client.ObjectKey{Namespace: namespace, Name: name}, cert); err != nil {
 			return false, err
 		}

@@ -3,6 +3,7 @@ package env
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"net/http"
 	"os"
@@ -11,6 +12,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -22,101 +24,187 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
+	"github.com/nodecsr/nodecsr/internal/testutil"
 	"github.com/nodecsr/nodecsr/test/cluster"
 )
 
-// ControllerOptions configures StartController.
+// ControllerOptions configures LaunchController and StartController.
 type ControllerOptions struct {
 	// Binary is the nodecsr-controller executable. Required.
 	Binary string
-	// Deployment is the chart's installed Deployment: its first container's
-	// args are the controller's, its ServiceAccount the controller's
-	// identity, and its "<name>-policy" ConfigMap the policy. Required.
+	// Dir holds the controller's files: policy, kubeconfig, webhook
+	// certificates, log. Required by LaunchController; StartController
+	// defaults it to a t.TempDir().
+	Dir string
+	// Deployment, when set, is the chart's installed Deployment: its first
+	// container's args are the controller's, its ServiceAccount the
+	// controller's identity, and its "<name>-policy" ConfigMap the policy
+	// (read with Admin). Unset, the controller runs with its own defaults
+	// as the admin.
 	Deployment *appsv1.Deployment
-	// Admin reads the policy ConfigMap. Required.
+	// Admin reads the policy ConfigMap. Required with a Deployment.
 	Admin kubernetes.Interface
-	// AdminKubeconfig is a system:masters kubeconfig; the controller gets a
-	// copy that impersonates the Deployment's ServiceAccount. Required.
+	// AdminKubeconfig is a system:masters kubeconfig; with a Deployment the
+	// controller gets a copy that impersonates the Deployment's
+	// ServiceAccount. Required.
 	AdminKubeconfig string
+	// Policy, when not nil, is the content of the policy file (--policy).
+	// Nil: the Deployment's policy ConfigMap, or without a Deployment no
+	// --policy (the default policy).
+	Policy []byte
 	// WebhookCertPEM and WebhookKeyPEM, when set, are the webhook server's
 	// serving pair, and the webhook server listens on 127.0.0.1. Unset, the
 	// Deployment's webhook flags (none when the chart's webhook is off) are
 	// left alone.
 	WebhookCertPEM, WebhookKeyPEM []byte
-	// PodName is --pod-name (default: the Deployment's name + "-0").
+	// PodName is --pod-name (default: the Deployment's name + "-0", else
+	// nodecsr-controller-0).
 	PodName string
+	// PodNamespace is --pod-namespace (default: the Deployment's namespace,
+	// else kube-system).
+	PodNamespace string
 	// Args add or override --name=value args.
 	Args map[string]string
-	// Deadline bounds the wait for /readyz (default: 2 minutes).
+	// Deadline, when positive, bounds the wait for /readyz; otherwise it
+	// lasts as long as ctx.
 	Deadline time.Duration
 }
 
-// Controller is a running nodecsr-controller started by StartController.
+// Controller is a nodecsr-controller process started by LaunchController or
+// StartController.
 type Controller struct {
 	// WebhookPort, MetricsPort and HealthPort are its ports on 127.0.0.1
-	// (WebhookPort is 0 without a serving pair).
+	// (WebhookPort is 0 without a serving pair). A restart keeps them.
 	WebhookPort, MetricsPort, HealthPort int
-	// PolicyPath is the policy file it reads and watches.
+	// PolicyPath is the policy file it reads and watches (empty: none).
 	PolicyPath string
-	// LogPath is its log file.
+	// LogPath is its log file; a restart appends to it.
 	LogPath string
 	// Args are its command-line args.
 	Args []string
+
+	binary string
+	mu     sync.Mutex
+	proc   *process // the latest run; nil before the first
+	// stopping is set by Stop: the exit that follows is expected.
+	stopping bool
 }
 
-// StartController runs the real nodecsr-controller binary with the
-// Deployment's own args, overriding only what belongs to a pod (kubeconfig,
-// policy file, addresses, pod identity), as the chart's ServiceAccount (the
-// admin impersonating it), and waits for its /readyz. It is stopped with
-// SIGTERM when the test ends; a non-zero exit fails the test.
+// process is one run of the binary.
+type process struct {
+	cmd  *exec.Cmd
+	done chan struct{} // closed when cmd has exited
+	err  error         // cmd's exit status, once done is closed
+}
+
+func (p *process) exited() bool {
+	select {
+	case <-p.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// StartController runs the real nodecsr-controller binary (LaunchController)
+// and waits for its /readyz. It is stopped with SIGTERM when the test ends;
+// a non-zero exit fails the test, and a failed test shows its log's tail.
 func StartController(ctx context.Context, t testing.TB, opts ControllerOptions) *Controller {
 	t.Helper()
-	d := opts.Deployment
-	work := t.TempDir()
-	cm, err := opts.Admin.CoreV1().ConfigMaps(d.Namespace).Get(ctx, d.Name+"-policy", metav1.GetOptions{})
+	if opts.Dir == "" {
+		opts.Dir = t.TempDir()
+	}
+	ctl, err := LaunchController(ctx, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctl := &Controller{PolicyPath: filepath.Join(work, "policy.yaml"), LogPath: filepath.Join(work, "nodecsr-controller.log")}
-	if err := os.WriteFile(ctl.PolicyPath, []byte(cm.Data["policy.yaml"]), 0o600); err != nil {
-		t.Fatal(err)
+	t.Cleanup(func() {
+		ctx, cancel := testutil.CleanupContext(t)
+		defer cancel()
+		if err := ctl.Err(); err != nil {
+			t.Error(err)
+		}
+		if err := ctl.Stop(ctx); err != nil {
+			t.Error(err)
+		}
+		if t.Failed() {
+			t.Logf("nodecsr-controller's log (%s), last lines:\n%s", strings.Join(ctl.Args, " "), Tail(ctl.LogPath, 40))
+		}
+	})
+	return ctl
+}
+
+// LaunchController runs the real nodecsr-controller binary with the
+// Deployment's own args, or its defaults without one, overriding only what
+// belongs to a pod (kubeconfig, policy file, addresses, pod identity), and
+// waits for its /readyz. With a Deployment it runs as the chart's
+// ServiceAccount (the admin impersonating it). The caller stops it (Stop);
+// it dies with the test binary in any case.
+func LaunchController(ctx context.Context, opts ControllerOptions) (*Controller, error) {
+	if opts.Binary == "" || opts.Dir == "" || opts.AdminKubeconfig == "" {
+		return nil, errors.New("ControllerOptions needs Binary, Dir and AdminKubeconfig")
 	}
-	sa := d.Spec.Template.Spec.ServiceAccountName
-	if sa == "" {
-		t.Fatal("the Deployment names no ServiceAccount")
-	}
-	kubeconfig := filepath.Join(work, "kubeconfig")
-	if err := WriteImpersonatingKubeconfig(opts.AdminKubeconfig, kubeconfig, ServiceAccount(d.Namespace, sa)); err != nil {
-		t.Fatal(err)
-	}
+	ctl := &Controller{binary: opts.Binary, LogPath: filepath.Join(opts.Dir, "nodecsr-controller.log")}
+	var err error
 	if ctl.MetricsPort, err = cluster.FreePort(); err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
 	if ctl.HealthPort, err = cluster.FreePort(); err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
-	podName := opts.PodName
-	if podName == "" {
-		podName = d.Name + "-0"
+	var baseArgs []string
+	policy := opts.Policy
+	kubeconfig := opts.AdminKubeconfig
+	podName, podNamespace := "nodecsr-controller-0", metav1.NamespaceSystem
+	if d := opts.Deployment; d != nil {
+		baseArgs = d.Spec.Template.Spec.Containers[0].Args
+		podName, podNamespace = d.Name+"-0", d.Namespace
+		if policy == nil {
+			cm, err := opts.Admin.CoreV1().ConfigMaps(d.Namespace).Get(ctx, d.Name+"-policy", metav1.GetOptions{})
+			if err != nil {
+				return nil, fmt.Errorf("failed to read the policy ConfigMap: %w", err)
+			}
+			policy = []byte(cm.Data["policy.yaml"])
+		}
+		sa := d.Spec.Template.Spec.ServiceAccountName
+		if sa == "" {
+			return nil, errors.New("the Deployment names no ServiceAccount")
+		}
+		kubeconfig = filepath.Join(opts.Dir, "kubeconfig")
+		if err := WriteImpersonatingKubeconfig(opts.AdminKubeconfig, kubeconfig, ServiceAccount(d.Namespace, sa)); err != nil {
+			return nil, err
+		}
+	}
+	if opts.PodName != "" {
+		podName = opts.PodName
+	}
+	if opts.PodNamespace != "" {
+		podNamespace = opts.PodNamespace
 	}
 	set := map[string]string{
 		"kubeconfig":                kubeconfig,
-		"policy":                    ctl.PolicyPath,
 		"metrics-bind-address":      cluster.HostPort(ctl.MetricsPort),
 		"health-probe-bind-address": cluster.HostPort(ctl.HealthPort),
 		"pod-name":                  podName,
-		"pod-namespace":             d.Namespace,
+		"pod-namespace":             podNamespace,
+	}
+	if policy != nil {
+		ctl.PolicyPath = filepath.Join(opts.Dir, "policy.yaml")
+		if err := os.WriteFile(ctl.PolicyPath, policy, 0o600); err != nil {
+			return nil, err
+		}
+		set["policy"] = ctl.PolicyPath
 	}
 	if len(opts.WebhookCertPEM) > 0 {
-		certDir := filepath.Join(work, "webhook-certs")
+		certDir := filepath.Join(opts.Dir, "webhook-certs")
 		if err := os.Mkdir(certDir, 0o700); err != nil {
-			t.Fatal(err)
+			return nil, err
 		}
 		if _, _, err := (&cluster.KeyPair{CertPEM: opts.WebhookCertPEM, KeyPEM: opts.WebhookKeyPEM}).WriteFiles(certDir, "tls"); err != nil {
-			t.Fatal(err)
+			return nil, err
 		}
 		if ctl.WebhookPort, err = cluster.FreePort(); err != nil {
-			t.Fatal(err)
+			return nil, err
 		}
 		set["webhook-cert-dir"] = certDir
 		set["webhook-host"] = "127.0.0.1"
@@ -125,55 +213,53 @@ func StartController(ctx context.Context, t testing.TB, opts ControllerOptions) 
 	for k, v := range opts.Args {
 		set[k] = v
 	}
-	if ctl.Args, err = OverrideArgs(d.Spec.Template.Spec.Containers[0].Args, set); err != nil {
-		t.Fatal(err)
+	if ctl.Args, err = OverrideArgs(baseArgs, set); err != nil {
+		return nil, err
 	}
+	if opts.Deadline > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, opts.Deadline)
+		defer cancel()
+	}
+	if err := ctl.Start(ctx); err != nil {
+		return nil, err
+	}
+	return ctl, nil
+}
 
-	logFile, err := os.Create(ctl.LogPath)
+// Start starts the process (again, after Stop: a restarted pod, with the
+// same args, ports and policy file) and waits until its /readyz answers or
+// ctx ends. A process that does not become ready is killed.
+func (c *Controller) Start(ctx context.Context) error {
+	c.mu.Lock()
+	if c.proc != nil && !c.proc.exited() {
+		c.mu.Unlock()
+		return errors.New("nodecsr-controller is running")
+	}
+	logFile, err := os.OpenFile(c.LogPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
-		t.Fatal(err)
+		c.mu.Unlock()
+		return err
 	}
-	cmd := exec.Command(opts.Binary, ctl.Args...)
-	cmd.Stdout, cmd.Stderr = logFile, logFile
-	if err := cluster.Spawn(cmd); err != nil {
+	p := &process{cmd: exec.Command(c.binary, c.Args...), done: make(chan struct{})}
+	p.cmd.Stdout, p.cmd.Stderr = logFile, logFile
+	if err := cluster.Spawn(p.cmd); err != nil {
+		c.mu.Unlock()
 		_ = logFile.Close()
-		t.Fatal(err)
+		return err
 	}
-	done := make(chan struct{})
-	var exitErr error
+	c.proc, c.stopping = p, false
+	c.mu.Unlock()
 	go func() {
-		exitErr = cmd.Wait()
+		p.err = p.cmd.Wait()
 		_ = logFile.Close()
-		close(done)
+		close(p.done)
 	}()
-	t.Cleanup(func() {
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-done:
-			// SIGTERM stops nodecsr-controller gracefully: exit status 0.
-			if exitErr != nil {
-				t.Errorf("nodecsr-controller exited with %v", exitErr)
-			}
-		case <-time.After(30 * time.Second):
-			_ = cmd.Process.Kill()
-			<-done
-			t.Error("nodecsr-controller did not stop within 30s of SIGTERM")
-		}
-		if t.Failed() {
-			t.Logf("nodecsr-controller's log (%s), last lines:\n%s", strings.Join(ctl.Args, " "), Tail(ctl.LogPath, 40))
-		}
-	})
 
-	deadline := opts.Deadline
-	if deadline <= 0 {
-		deadline = 2 * time.Minute
-	}
-	ready := "http://" + cluster.HostPort(ctl.HealthPort) + "/readyz"
-	if err := wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, deadline, true, func(ctx context.Context) (bool, error) {
-		select {
-		case <-done:
-			return false, fmt.Errorf("nodecsr-controller exited: %v", exitErr)
-		default:
+	ready := "http://" + cluster.HostPort(c.HealthPort) + "/readyz"
+	err = wait.PollUntilContextCancel(ctx, 100*time.Millisecond, true, func(ctx context.Context) (bool, error) {
+		if p.exited() {
+			return false, fmt.Errorf("nodecsr-controller exited: %v", p.err)
 		}
 		req, err := http.NewRequestWithContext(ctx, http.MethodGet, ready, nil)
 		if err != nil {
@@ -185,31 +271,86 @@ func StartController(ctx context.Context, t testing.TB, opts ControllerOptions) 
 		}
 		_ = resp.Body.Close()
 		return resp.StatusCode == http.StatusOK, nil
-	}); err != nil {
-		t.Fatalf("nodecsr-controller did not become ready: %v", err)
+	})
+	if err != nil {
+		_ = p.cmd.Process.Kill()
+		<-p.done
+		return fmt.Errorf("nodecsr-controller (%s) did not become ready: %w; last lines of its log:\n%s", strings.Join(c.Args, " "), err, Tail(c.LogPath, 40))
 	}
-	return ctl
+	return nil
+}
+
+// Stop sends SIGTERM and waits for the process to exit; if ctx ends first,
+// it is killed. SIGTERM stops nodecsr-controller gracefully, with exit
+// status 0: anything else is an error. Stopping a stopped process does
+// nothing.
+func (c *Controller) Stop(ctx context.Context) error {
+	c.mu.Lock()
+	p := c.proc
+	c.stopping = true
+	c.mu.Unlock()
+	if p == nil || p.exited() {
+		// Not started, stopped already, or exited by itself (Err's business).
+		return nil
+	}
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-p.done:
+	case <-ctx.Done():
+		_ = p.cmd.Process.Kill()
+		<-p.done
+		return fmt.Errorf("nodecsr-controller did not stop after SIGTERM: %w", ctx.Err())
+	}
+	if p.err != nil {
+		return fmt.Errorf("nodecsr-controller exited with %v after SIGTERM", p.err)
+	}
+	return nil
+}
+
+// Err is not nil once the process has exited without being stopped.
+func (c *Controller) Err() error {
+	c.mu.Lock()
+	p, stopping := c.proc, c.stopping
+	c.mu.Unlock()
+	if p == nil || stopping || !p.exited() {
+		return nil
+	}
+	return fmt.Errorf("nodecsr-controller exited by itself (%v); last lines of its log:\n%s", p.err, Tail(c.LogPath, 40))
 }
 
 // WritePolicy replaces the controller's policy file atomically (write and
 // rename, as the kubelet updates a ConfigMap volume); the controller reloads
 // it at its next poll (--policy-reload-interval).
 func (c *Controller) WritePolicy(data []byte) error {
-	tmp := c.PolicyPath + ".tmp"
-	if err := os.WriteFile(tmp, data, 0o600); err != nil {
-		return fmt.Errorf("failed to write the policy: %w", err)
+	if c.PolicyPath == "" {
+		return errors.New("nodecsr-controller runs without a policy file")
 	}
-	if err := os.Rename(tmp, c.PolicyPath); err != nil {
-		return fmt.Errorf("failed to replace the policy: %w", err)
+	return testutil.WriteFileAtomically(c.PolicyPath, data)
+}
+
+// MetricsURL is the address of its /metrics.
+func (c *Controller) MetricsURL() string {
+	return "http://" + cluster.HostPort(c.MetricsPort) + "/metrics"
+}
+
+// MetricSum scrapes the controller's /metrics and sums the series of name
+// whose labels include every label in want, as testutil.MetricSum does for
+// a registry: counter and gauge values, histogram sample counts; a metric
+// not exported yet sums to 0. A process that is not running cannot be
+// scraped: that is an error.
+func (c *Controller) MetricSum(ctx context.Context, name string, want map[string]string) (float64, error) {
+	g, err := testutil.Scrape(ctx, c.MetricsURL())
+	if err != nil {
+		return 0, err
 	}
-	return nil
+	return testutil.MetricSum(g, name, want)
 }
 
 // Metric scrapes the controller's /metrics and returns the value of the
 // sample name{labels} (labels as Prometheus prints them, sorted by name,
 // e.g. `result="success"`; empty for none). A sample not exported yet is 0.
 func (c *Controller) Metric(ctx context.Context, name, labels string) (float64, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+cluster.HostPort(c.MetricsPort)+"/metrics", nil)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.MetricsURL(), nil)
 	if err != nil {
 		return 0, err
 	}

@@ -103,6 +103,74 @@ func TestNodecsrPodApprovesItsNodesRenewal(t *testing.T) {
 	ctx, cancel := testContext(t)
 	defer cancel()
 
+	tn := startNode(ctx, t, nodeOptions{})
+	c, admin, k := tn.c, tn.admin, tn.kubelet
+
+	pod := installAndRunPod(ctx, t, c, admin, tn.repo, tn.tag)
+	t.Logf("pod %s/%s runs %s:%s on %s and is Ready", pod.Namespace, pod.Name, tn.repo, tn.tag, nodeName)
+	assertConfined(t, tn.cgroup, &pod.Spec)
+
+	// The node's certificate nears its expiry (past the 70–90 % rotation
+	// deadline): the kubelet, restarted with it, asks for a new one at once.
+	now := time.Now()
+	old, err := c.IssueKubeletClientCert(nodeName, now.Add(-23*time.Hour), now.Add(time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := k.StopProcess(); err != nil {
+		t.Fatal(err)
+	}
+	if err := k.SeedClientCert(old.CertPEM, old.KeyPEM); err != nil {
+		t.Fatal(err)
+	}
+	oldCert := parseCert(t, old.CertPEM)
+	if err := k.Restart(ctx); err != nil {
+		t.Fatal(err)
+	}
+	renewed := waitRenewed(ctx, t, k, oldCert, c.ClusterCA().Cert)
+
+	csr := renewalCSR(ctx, t, admin)
+	assertDecidedByPod(ctx, t, admin, csr, pod, tn.dir)
+	assertIdentity(ctx, t, k)
+	t.Logf("renewed: %s's certificate %x (until %s) replaced by %x (until %s) through CSR %s",
+		nodeName, oldCert.SerialNumber, oldCert.NotAfter.Format(time.RFC3339), renewed.SerialNumber, renewed.NotAfter.Format(time.RFC3339), csr.Name)
+
+	// The pod stops as a kubelet stops it: SIGTERM, then a clean exit.
+	stopPod(ctx, t, admin, pod)
+
+	// Everything goes, then nothing may be left.
+	tn.finish(t)
+}
+
+// nodeOptions changes what startNode sets up.
+type nodeOptions struct {
+	// apiServerFlags, when set, returns kube-apiserver flags to add; it may
+	// write the files they name into dir, the node's folder.
+	apiServerFlags func(dir string) (map[string]string, error)
+}
+
+// testNode is a running node: the control plane, containerd with the
+// sandbox image and nodecsr-controller's image imported, and a Ready
+// kubelet whose pods live in the node's own cgroup.
+type testNode struct {
+	*node
+	c     *cluster.Cluster
+	admin kubernetes.Interface
+	// repo and tag name nodecsr-controller's image in containerd.
+	repo, tag string
+	// hostBefore and kubepodsBefore are the host as it was before, for
+	// the leftover check.
+	hostBefore     map[string][]string
+	kubepodsBefore []string
+}
+
+// startNode sets up a node: a control plane, containerd, the sandbox and
+// nodecsr-controller images, and a kubelet for nodeName that joined (with
+// a client certificate issued before nodecsr was installed) and is Ready.
+// Every part is removed when the test ends (the node's clean-ups), also
+// when it fails.
+func startNode(ctx context.Context, t *testing.T, opts nodeOptions) *testNode {
+	t.Helper()
 	sweepStale(t)
 	before := snapshot(hostPaths)
 	kubepodsBefore, err := cluster.CgroupsNamed("/", "kubepods")
@@ -120,7 +188,13 @@ func TestNodecsrPodApprovesItsNodesRenewal(t *testing.T) {
 	goRun(ctx, t, filepath.Join(root, "test"), "./pause", "--output", pauseTar, "--ref", pauseRef)
 	imageTar := imageTarball(ctx, t, root, n.dir)
 
-	c, err := cluster.Start(ctx, cluster.Options{Dir: filepath.Join(n.dir, "cluster"), Logf: t.Logf})
+	copts := cluster.Options{Dir: filepath.Join(n.dir, "cluster"), Logf: t.Logf}
+	if opts.apiServerFlags != nil {
+		if copts.APIServerFlags, err = opts.apiServerFlags(n.dir); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c, err := cluster.Start(ctx, copts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -173,43 +247,16 @@ func TestNodecsrPodApprovesItsNodesRenewal(t *testing.T) {
 	n.cleanup("stop the kubelet", k.Stop)
 	n.kubelet = k
 	waitNodeReady(ctx, t, admin)
+	return &testNode{node: n, c: c, admin: admin, repo: repo, tag: tag, hostBefore: before, kubepodsBefore: kubepodsBefore}
+}
 
-	pod := installAndRunPod(ctx, t, c, admin, repo, tag)
-	t.Logf("pod %s/%s runs %s:%s on %s and is Ready", pod.Namespace, pod.Name, repo, tag, nodeName)
-	assertConfined(t, n.cgroup, &pod.Spec)
-
-	// The node's certificate nears its expiry (past the 70–90 % rotation
-	// deadline): the kubelet, restarted with it, asks for a new one at once.
-	old, err := c.IssueKubeletClientCert(nodeName, now.Add(-23*time.Hour), now.Add(time.Hour))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := k.StopProcess(); err != nil {
-		t.Fatal(err)
-	}
-	if err := k.SeedClientCert(old.CertPEM, old.KeyPEM); err != nil {
-		t.Fatal(err)
-	}
-	oldCert := parseCert(t, old.CertPEM)
-	if err := k.Restart(ctx); err != nil {
-		t.Fatal(err)
-	}
-	renewed := waitRenewed(ctx, t, k, oldCert, c.ClusterCA().Cert)
-
-	csr := renewalCSR(ctx, t, admin)
-	assertDecidedByPod(ctx, t, admin, csr, pod, n.dir)
-	assertIdentity(ctx, t, k)
-	t.Logf("renewed: %s's certificate %x (until %s) replaced by %x (until %s) through CSR %s",
-		nodeName, oldCert.SerialNumber, oldCert.NotAfter.Format(time.RFC3339), renewed.SerialNumber, renewed.NotAfter.Format(time.RFC3339), csr.Name)
-
-	// The pod stops as a kubelet stops it: SIGTERM, then a clean exit.
-	stopPod(ctx, t, admin, pod)
-
-	// Everything goes, then nothing may be left.
-	if err := n.runCleanups(t.Logf); err != nil {
+// finish removes everything of the node, then checks that nothing is left.
+func (tn *testNode) finish(t *testing.T) {
+	t.Helper()
+	if err := tn.runCleanups(t.Logf); err != nil {
 		t.Error(err)
 	}
-	assertNoLeftovers(t, n, before, kubepodsBefore)
+	assertNoLeftovers(t, tn.node, tn.hostBefore, tn.kubepodsBefore)
 }
 
 // requireNode skips (or, with NODECSR_E2E_NODE=required, fails) unless this
@@ -594,19 +641,7 @@ func waitNodeReady(ctx context.Context, t *testing.T, admin kubernetes.Interface
 // waits until it is Ready.
 func installAndRunPod(ctx context.Context, t *testing.T, c *cluster.Cluster, admin kubernetes.Interface, repo, tag string) *corev1.Pod {
 	t.Helper()
-	if _, err := admin.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: namespace}}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	// What kube-controller-manager's root-ca-cert-publisher would publish:
-	// the CA that verifies the API server, for the pod's projected
-	// service-account volume. (The token comes from the TokenRequest API
-	// through the kubelet; no controller is involved.)
-	if _, err := admin.CoreV1().ConfigMaps(namespace).Create(ctx, &corev1.ConfigMap{
-		ObjectMeta: metav1.ObjectMeta{Name: "kube-root-ca.crt"},
-		Data:       map[string]string{"ca.crt": string(c.ServingCAPEM())},
-	}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
+	caPEM := prepareNamespace(ctx, t, c, admin)
 
 	// hostNetwork: every port is a port of the machine; take free ones.
 	ports := make([]int, 3)
@@ -619,25 +654,6 @@ func installAndRunPod(ctx context.Context, t *testing.T, c *cluster.Cluster, adm
 	}
 	metricsPort, probePort, webhookPort := ports[0], ports[1], ports[2]
 
-	// The webhook's serving certificate, in place of cert-manager: a
-	// kubernetes.io/tls Secret and its CA bundle, as the chart takes them
-	// without cert-manager. The API server calls it at 127.0.0.1.
-	ca, err := testpki.NewCA("nodecsr-e2e-node-webhook-ca")
-	if err != nil {
-		t.Fatal(err)
-	}
-	serving, err := ca.IssueServing("127.0.0.1", fullname+"."+namespace+".svc", fullname+"."+namespace+".svc.cluster.local")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := admin.CoreV1().Secrets(namespace).Create(ctx, &corev1.Secret{
-		ObjectMeta: metav1.ObjectMeta{Name: webhookSecret},
-		Type:       corev1.SecretTypeTLS,
-		Data:       map[string][]byte{corev1.TLSCertKey: serving.CertPEM, corev1.TLSPrivateKeyKey: serving.KeyPEM, "ca.crt": ca.CertPEM},
-	}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-
 	root, err := cluster.RepoRoot()
 	if err != nil {
 		t.Fatal(err)
@@ -646,20 +662,9 @@ func installAndRunPod(ctx context.Context, t *testing.T, c *cluster.Cluster, adm
 	if err != nil {
 		t.Fatal(err)
 	}
-	vals := map[string]any{
-		"replicaCount": 1,
-		// The image is on the node already; nothing is ever pulled.
-		"image":       map[string]any{"repository": repo, "tag": tag, "pullPolicy": "Never"},
-		"metrics":     map[string]any{"port": metricsPort},
-		"healthProbe": map[string]any{"port": probePort},
-		"webhook": map[string]any{
-			"enabled":     true,
-			"port":        webhookPort,
-			"certManager": map[string]any{"enabled": false},
-			"tls":         map[string]any{"secretName": webhookSecret, "caBundle": base64.StdEncoding.EncodeToString(ca.CertPEM)},
-		},
-	}
-	if _, _, err := env.HelmInstall(c.AdminKubeconfig(), ch, release, namespace, vals, nil); err != nil {
+	vals := chartValues(repo, tag, caPEM, metricsPort, probePort, webhookPort)
+	vals["replicaCount"] = 1
+	if _, _, err := env.HelmInstall(ctx, c.AdminKubeconfig(), ch, release, namespace, vals, nil); err != nil {
 		t.Fatal(err)
 	}
 	d, err := admin.AppsV1().Deployments(namespace).Get(ctx, fullname, metav1.GetOptions{})
@@ -683,26 +688,7 @@ func installAndRunPod(ctx context.Context, t *testing.T, c *cluster.Cluster, adm
 		},
 		Spec: *d.Spec.Template.Spec.DeepCopy(),
 	}
-	// What the scheduler would do.
-	pod.Spec.NodeName = nodeName
-	// The node has only loopback: the pod shares the host's network, and
-	// reaches the API server at its loopback address, where the in-cluster
-	// configuration would otherwise take the kubernetes Service's address.
-	pod.Spec.HostNetwork = true
-	for i := range pod.Spec.Containers {
-		ctr := &pod.Spec.Containers[i]
-		ctr.Env = append(ctr.Env,
-			corev1.EnvVar{Name: "KUBERNETES_SERVICE_HOST", Value: apiURL.Hostname()},
-			corev1.EnvVar{Name: "KUBERNETES_SERVICE_PORT", Value: apiURL.Port()},
-		)
-		// A host-network pod's IP is the node's address, which is not
-		// loopback: the kubelet probes the pod at 127.0.0.1 instead.
-		for _, p := range []*corev1.Probe{ctr.LivenessProbe, ctr.ReadinessProbe, ctr.StartupProbe} {
-			if p != nil && p.HTTPGet != nil {
-				p.HTTPGet.Host = "127.0.0.1"
-			}
-		}
-	}
+	adaptPodSpec(&pod.Spec, apiURL)
 	assertChartPodSpec(t, &pod.Spec, fullname)
 	created, err := admin.CoreV1().Pods(namespace).Create(ctx, pod, metav1.CreateOptions{})
 	if err != nil {
@@ -730,6 +716,91 @@ func installAndRunPod(ctx context.Context, t *testing.T, c *cluster.Cluster, adm
 		t.Fatalf("pod %s did not become Ready: %v\n%s", created.Name, err, podSummary(last))
 	}
 	return last
+}
+
+// prepareNamespace creates the release namespace with what the controllers
+// this harness does not run would have put there, and the webhook's
+// serving certificate in place of cert-manager; it returns the CA bundle
+// that verifies that certificate.
+func prepareNamespace(ctx context.Context, t *testing.T, c *cluster.Cluster, admin kubernetes.Interface) (caPEM []byte) {
+	t.Helper()
+	if _, err := admin.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: namespace}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	// What kube-controller-manager's root-ca-cert-publisher would publish:
+	// the CA that verifies the API server, for the pod's projected
+	// service-account volume. (The token comes from the TokenRequest API
+	// through the kubelet; no controller is involved.)
+	if _, err := admin.CoreV1().ConfigMaps(namespace).Create(ctx, &corev1.ConfigMap{
+		ObjectMeta: metav1.ObjectMeta{Name: "kube-root-ca.crt"},
+		Data:       map[string]string{"ca.crt": string(c.ServingCAPEM())},
+	}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+
+	// The webhook's serving certificate, in place of cert-manager: a
+	// kubernetes.io/tls Secret and its CA bundle, as the chart takes them
+	// without cert-manager. The API server calls it at 127.0.0.1, or by
+	// the Service's name.
+	ca, err := testpki.NewCA("nodecsr-e2e-node-webhook-ca")
+	if err != nil {
+		t.Fatal(err)
+	}
+	serving, err := ca.IssueServing("127.0.0.1", fullname+"."+namespace+".svc", fullname+"."+namespace+".svc.cluster.local")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := admin.CoreV1().Secrets(namespace).Create(ctx, &corev1.Secret{
+		ObjectMeta: metav1.ObjectMeta{Name: webhookSecret},
+		Type:       corev1.SecretTypeTLS,
+		Data:       map[string][]byte{corev1.TLSCertKey: serving.CertPEM, corev1.TLSPrivateKeyKey: serving.KeyPEM, "ca.crt": ca.CertPEM},
+	}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	return ca.CertPEM
+}
+
+// chartValues are the chart's values on this node: the image imported into
+// containerd (never pulled), the given ports, and the webhook with the
+// serving Secret prepareNamespace created.
+func chartValues(repo, tag string, caPEM []byte, metricsPort, probePort, webhookPort int) map[string]any {
+	return map[string]any{
+		// The image is on the node already; nothing is ever pulled.
+		"image":       map[string]any{"repository": repo, "tag": tag, "pullPolicy": "Never"},
+		"metrics":     map[string]any{"port": metricsPort},
+		"healthProbe": map[string]any{"port": probePort},
+		"webhook": map[string]any{
+			"enabled":     true,
+			"port":        webhookPort,
+			"certManager": map[string]any{"enabled": false},
+			"tls":         map[string]any{"secretName": webhookSecret, "caBundle": base64.StdEncoding.EncodeToString(caPEM)},
+		},
+	}
+}
+
+// adaptPodSpec changes the chart's pod spec only where this node needs it:
+// the pod goes to nodeName (what the scheduler would do), shares the host's
+// network (the node has only loopback), reaches the API server at its
+// loopback address (api), where the in-cluster configuration would
+// otherwise take the kubernetes Service's address, and is probed at
+// 127.0.0.1.
+func adaptPodSpec(spec *corev1.PodSpec, api *url.URL) {
+	spec.NodeName = nodeName
+	spec.HostNetwork = true
+	for i := range spec.Containers {
+		ctr := &spec.Containers[i]
+		ctr.Env = append(ctr.Env,
+			corev1.EnvVar{Name: "KUBERNETES_SERVICE_HOST", Value: api.Hostname()},
+			corev1.EnvVar{Name: "KUBERNETES_SERVICE_PORT", Value: api.Port()},
+		)
+		// A host-network pod's IP is the node's address, which is not
+		// loopback: the kubelet probes the pod at 127.0.0.1 instead.
+		for _, p := range []*corev1.Probe{ctr.LivenessProbe, ctr.ReadinessProbe, ctr.StartupProbe} {
+			if p != nil && p.HTTPGet != nil {
+				p.HTTPGet.Host = "127.0.0.1"
+			}
+		}
+	}
 }
 
 // assertChartPodSpec checks that the Pod keeps what the chart's pod spec

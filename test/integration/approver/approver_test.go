@@ -1,7 +1,8 @@
-// Package approver_test runs nodecsr-controller in-process against a real
-// control plane (etcd, kube-apiserver with Node,RBAC and NodeRestriction,
-// kube-controller-manager's csrsigning; its csrapproving is not running) and
-// checks the decisions it writes, the Events, the metrics and policy reloads.
+// Package approver_test runs the real nodecsr-controller binary against a
+// real control plane (etcd, kube-apiserver with Node,RBAC and
+// NodeRestriction, kube-controller-manager's csrsigning; its csrapproving is
+// not running) and checks the decisions it writes, the Events, the metrics
+// it serves and policy reloads.
 package approver_test
 
 import (
@@ -12,10 +13,8 @@ import (
 	"encoding/pem"
 	"fmt"
 	"os"
-	"path/filepath"
 	"slices"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -23,32 +22,26 @@ import (
 	certificatesv1 "k8s.io/api/certificates/v1"
 	corev1 "k8s.io/api/core/v1"
 	eventsv1 "k8s.io/api/events/v1"
-	rbacv1 "k8s.io/api/rbac/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
-	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
-	ctrl "sigs.k8s.io/controller-runtime"
-	"sigs.k8s.io/controller-runtime/pkg/log/zap"
-	ctrlmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
 
 	"github.com/nodecsr/nodecsr/approver"
-	"github.com/nodecsr/nodecsr/cmd/nodecsr-controller/app"
 	"github.com/nodecsr/nodecsr/config"
 	"github.com/nodecsr/nodecsr/internal/csrtest"
 	"github.com/nodecsr/nodecsr/internal/testutil"
 	"github.com/nodecsr/nodecsr/test/cluster"
+	"github.com/nodecsr/nodecsr/test/env"
 )
 
 var (
-	tc         *cluster.Cluster
-	admin      kubernetes.Interface
-	policyFile string
-	podName    = "nodecsr-controller-test"
-	podNS      = "kube-system"
-	nameSeq    atomic.Int64
+	tc    *cluster.Cluster
+	admin kubernetes.Interface
+	// ctl is the nodecsr-controller process all the tests share.
+	ctl     *env.Controller
+	podName = "nodecsr-controller-test"
+	podNS   = "kube-system"
 )
 
 const basePolicy = `apiVersion: nodecsr.io/v1alpha1
@@ -61,83 +54,45 @@ spec:
 `
 
 func TestMain(m *testing.M) {
-	os.Exit(cluster.RunTests(m, cluster.Options{}, func(c *cluster.Cluster) error {
-		tc, admin = c, c.AdminClient()
-		ctx := context.Background()
-		if err := c.ApplyKubeadmRBAC(ctx); err != nil {
+	os.Exit(env.Main(m, env.MainOptions{Build: []string{"./cmd/nodecsr-controller"}, Setup: func(s *env.Suite) error {
+		tc, admin = s.Cluster, s.Cluster.AdminClient()
+		if err := tc.ApplyKubeadmRBAC(s.Context()); err != nil {
 			return err
 		}
-		policyFile = filepath.Join(c.Dir(), "policy.yaml")
-		if err := os.WriteFile(policyFile, []byte(basePolicy), 0o600); err != nil {
-			return err
-		}
-		ctrl.SetLogger(zap.New(zap.WriteTo(os.Stderr)))
-		o := app.NewOptions()
-		o.PolicyFile = policyFile
-		o.PolicyReloadInterval = 200 * time.Millisecond
-		o.MetricsBindAddress, o.HealthProbeBindAddress = "0", "0"
-		o.PodName, o.PodNamespace = podName, podNS
-		if err := o.Validate(); err != nil {
-			return err
-		}
-		controllerOpts = o
-		startController()
-		return nil
-	}))
+		var err error
+		ctl, err = s.LaunchController(env.ControllerOptions{
+			Policy:  []byte(basePolicy),
+			PodName: podName, PodNamespace: podNS,
+			Args: map[string]string{"policy-reload-interval": "200ms"},
+		})
+		return err
+	}}))
 }
 
-var (
-	controllerOpts *app.Options
-	stopController func()
-)
+func uniqueName(prefix string) string { return env.UniqueName(prefix) }
 
-// startController runs nodecsr-controller in-process; stopController stops it
-// and waits until it has returned. Pdeathsig takes the control plane down
-// with the test binary in any case.
-func startController() {
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		if err := app.RunWithConfig(ctx, controllerOpts, tc.AdminConfig()); err != nil {
-			fmt.Fprintf(os.Stderr, "nodecsr-controller stopped: %v\n", err)
-			os.Exit(1)
-		}
-	}()
-	stopController = func() {
-		cancel()
-		<-done
-	}
-}
-
-func uniqueName(prefix string) string {
-	return fmt.Sprintf("%s-%d-%d", prefix, time.Now().UnixNano()%100000, nameSeq.Add(1))
-}
-
-func createNode(t *testing.T, name string) {
-	t.Helper()
-	node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name}}
-	if _, err := admin.CoreV1().Nodes().Create(t.Context(), node, metav1.CreateOptions{}); err != nil {
-		t.Fatalf("create node %s: %v", name, err)
-	}
-}
+func createNode(t *testing.T, name string) { env.CreateNode(t, admin, name) }
 
 func bootstrapClient(t *testing.T) (kubernetes.Interface, cluster.BootstrapToken) {
 	t.Helper()
-	tok, err := tc.CreateBootstrapToken(t.Context(), time.Hour)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return kubernetes.NewForConfigOrDie(tc.BootstrapConfig(tok)), tok
+	return env.BootstrapClient(t, tc)
 }
 
 func nodeClient(t *testing.T, node string) kubernetes.Interface {
 	t.Helper()
-	cfg, err := tc.NodeConfig(node)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return kubernetes.NewForConfigOrDie(cfg)
+	return env.NodeClient(t, tc, node)
+}
+
+// poll polls cond every 50ms until it is done or the test's deadline nears
+// (testutil.Poll); a nodecsr-controller that has died ends it at once.
+func poll(t *testing.T, cond func(context.Context) (bool, error)) error {
+	t.Helper()
+	return testutil.Poll(t, 50*time.Millisecond, func(ctx context.Context) (bool, error) {
+		if err := ctl.Err(); err != nil {
+			return false, err
+		}
+		return cond(ctx)
+	})
 }
 
 // create files csr with the requester's client.
@@ -159,7 +114,7 @@ func decision(t *testing.T, name string) (certificatesv1.CertificateSigningReque
 	t.Helper()
 	var cond certificatesv1.CertificateSigningRequestCondition
 	var got *certificatesv1.CertificateSigningRequest
-	err := wait.PollUntilContextTimeout(t.Context(), 50*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
+	err := poll(t, func(ctx context.Context) (bool, error) {
 		var err error
 		got, err = admin.CertificatesV1().CertificateSigningRequests().Get(ctx, name, metav1.GetOptions{})
 		if err != nil {
@@ -208,7 +163,7 @@ func decisionEvents(t *testing.T, csrName string, n int) []corev1.Event {
 	t.Helper()
 	sel := fields.Set{"involvedObject.kind": "CertificateSigningRequest", "involvedObject.name": csrName}.AsSelector().String()
 	var items []corev1.Event
-	err := wait.PollUntilContextTimeout(t.Context(), 50*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
+	err := poll(t, func(ctx context.Context) (bool, error) {
 		list, err := admin.CoreV1().Events(metav1.NamespaceDefault).List(ctx, metav1.ListOptions{FieldSelector: sel})
 		if err != nil {
 			return false, err
@@ -234,7 +189,7 @@ func decisionEvents(t *testing.T, csrName string, n int) []corev1.Event {
 func issuedConfig(t *testing.T, name string) *rest.Config {
 	t.Helper()
 	var certPEM []byte
-	err := wait.PollUntilContextTimeout(t.Context(), 50*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
+	err := poll(t, func(ctx context.Context) (bool, error) {
 		got, err := admin.CertificatesV1().CertificateSigningRequests().Get(ctx, name, metav1.GetOptions{})
 		if err != nil {
 			return false, err
@@ -396,20 +351,20 @@ func TestDuplicatesCollapseToTheNewest(t *testing.T) {
 
 func grantCSRCreate(t *testing.T, group string) {
 	t.Helper()
-	binding := &rbacv1.ClusterRoleBinding{
-		ObjectMeta: metav1.ObjectMeta{Name: "it-csr-create-" + group},
-		RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: "system:node-bootstrapper"},
-		Subjects:   []rbacv1.Subject{{Kind: rbacv1.GroupKind, APIGroup: rbacv1.GroupName, Name: group}},
-	}
-	if _, err := admin.RbacV1().ClusterRoleBindings().Create(t.Context(), binding, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+	ctx, cancel := testutil.Context(t)
+	defer cancel()
+	if err := env.AllowCSRCreate(ctx, admin, "it-csr-create-"+group, env.Group(group)); err != nil {
 		t.Fatal(err)
 	}
 }
 
-// metricValue sums the samples of a metric family whose labels include want.
+// metricValue scrapes the controller's /metrics and sums the samples of a
+// metric family whose labels include want.
 func metricValue(t *testing.T, name string, want map[string]string) float64 {
 	t.Helper()
-	v, err := testutil.MetricSum(ctrlmetrics.Registry, name, want)
+	ctx, cancel := testutil.Context(t)
+	defer cancel()
+	v, err := ctl.MetricSum(ctx, name, want)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -438,14 +393,14 @@ func setPolicy(t *testing.T, yaml string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	writeAtomically(t, policyFile, yaml)
+	writePolicy(t, yaml)
 	waitForPolicy(t, p.Digest)
 }
 
 func waitForPolicy(t *testing.T, digest string) {
 	t.Helper()
-	// Not t.Context(): this also runs in t.Cleanup, after that is cancelled.
-	err := wait.PollUntilContextTimeout(context.Background(), 50*time.Millisecond, 30*time.Second, true, func(context.Context) (bool, error) {
+	// testutil.Poll: this also runs in t.Cleanup.
+	err := poll(t, func(context.Context) (bool, error) {
 		return metricValue(t, "nodecsr_policy_info", map[string]string{"digest": digest}) == 1, nil
 	})
 	if err != nil {
@@ -453,13 +408,11 @@ func waitForPolicy(t *testing.T, digest string) {
 	}
 }
 
-func writeAtomically(t *testing.T, path, content string) {
+// writePolicy replaces the controller's policy file atomically, as the
+// kubelet updates a ConfigMap volume.
+func writePolicy(t *testing.T, yaml string) {
 	t.Helper()
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, []byte(content), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
+	if err := ctl.WritePolicy([]byte(yaml)); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -482,24 +435,18 @@ func TestPolicyReloadTakesEffectWithoutRestart(t *testing.T) {
 		t.Fatal(err)
 	}
 	errorsBefore := metricValue(t, "nodecsr_policy_reloads_total", map[string]string{"result": "error"})
-	writeAtomically(t, policyFile, "apiVersion: nodecsr.io/v1alpha1\nkind: Policy\nspec:\n  mode: Sometimes\n")
-	err = wait.PollUntilContextTimeout(t.Context(), 50*time.Millisecond, 30*time.Second, true, func(context.Context) (bool, error) {
+	writePolicy(t, "apiVersion: nodecsr.io/v1alpha1\nkind: Policy\nspec:\n  mode: Sometimes\n")
+	err = poll(t, func(context.Context) (bool, error) {
 		return metricValue(t, "nodecsr_policy_reloads_total", map[string]string{"result": "error"}) > errorsBefore, nil
 	})
 	if err != nil {
 		t.Fatal("a broken policy file was not reported in nodecsr_policy_reloads_total{result=error}")
 	}
 	waitForPolicy(t, p.Digest)
-	var ev []eventsv1.Event
-	err = wait.PollUntilContextTimeout(t.Context(), 50*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
-		list, err := admin.EventsV1().Events(podNS).List(ctx, metav1.ListOptions{})
-		if err != nil {
-			return false, err
-		}
-		ev = slices.DeleteFunc(list.Items, func(e eventsv1.Event) bool { return e.Reason != "PolicyReloadFailed" || e.Regarding.Name != podName })
-		return len(ev) > 0, nil
-	})
-	if err != nil || ev[0].Type != corev1.EventTypeWarning || !strings.Contains(ev[0].Note, "Sometimes") {
+	ctx, cancel := testutil.Context(t)
+	defer cancel()
+	ev, err := env.WaitEvent(ctx, admin, podNS, podName, func(e *eventsv1.Event) bool { return e.Reason == "PolicyReloadFailed" })
+	if err != nil || ev.Type != corev1.EventTypeWarning || !strings.Contains(ev.Note, "Sometimes") {
 		t.Fatalf("no Warning Event naming the problem: %+v %v", ev, err)
 	}
 	denied := create(t, boot, csrtest.Build(csrtest.WithNodeName(uniqueName("reload"))))
@@ -537,17 +484,12 @@ func TestCertificateExpiryMetricFollowsRenewalsAndRestarts(t *testing.T) {
 	notAfter := func(name string) float64 {
 		t.Helper()
 		cfg := issuedConfig(t, name)
-		block, _ := pem.Decode(cfg.CertData)
-		cert, err := x509.ParseCertificate(block.Bytes)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return float64(cert.NotAfter.Unix())
+		return float64(env.ParseCert(t, cfg.CertData).NotAfter.Unix())
 	}
 	waitForExpiry := func(want float64) {
 		t.Helper()
 		var got float64
-		err := wait.PollUntilContextTimeout(t.Context(), 50*time.Millisecond, 30*time.Second, true, func(context.Context) (bool, error) {
+		err := poll(t, func(context.Context) (bool, error) {
 			got = metricValue(t, "nodecsr_node_certificate_expiry_timestamp_seconds", map[string]string{"node": node})
 			return got == want, nil
 		})
@@ -568,11 +510,18 @@ func TestCertificateExpiryMetricFollowsRenewalsAndRestarts(t *testing.T) {
 	renewed := notAfter(second.Name)
 	waitForExpiry(renewed)
 
-	// A restarted controller rebuilds the view from the CSRs the API still holds.
-	stopController()
-	if v := metricValue(t, "nodecsr_node_certificate_expiry_timestamp_seconds", map[string]string{"node": node}); v != 0 {
-		t.Fatalf("the stopped controller still exports %v", v)
+	// A restarted controller (a new process: nothing carried over) rebuilds
+	// the view from the CSRs the API still holds.
+	ctx, cancel := testutil.Context(t)
+	defer cancel()
+	if err := ctl.Stop(ctx); err != nil {
+		t.Fatal(err)
 	}
-	startController()
+	if v, err := ctl.MetricSum(ctx, "nodecsr_node_certificate_expiry_timestamp_seconds", map[string]string{"node": node}); err == nil {
+		t.Fatalf("the stopped controller still serves /metrics (%v)", v)
+	}
+	if err := ctl.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
 	waitForExpiry(renewed)
 }

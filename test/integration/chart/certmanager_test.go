@@ -3,7 +3,6 @@ package chart_test
 import (
 	"context"
 	"testing"
-	"time"
 
 	cmapi "github.com/cert-manager/cert-manager/pkg/apis/certmanager/v1"
 
@@ -31,7 +30,7 @@ func startCertManager(t *testing.T, namespace string) {
 // waitCertificateReady waits for the Certificate's Ready condition.
 func waitCertificateReady(ctx context.Context, t *testing.T, namespace, name string) *cmapi.Certificate {
 	t.Helper()
-	cert, err := env.WaitCertificateReady(ctx, kclient, namespace, name, time.Minute)
+	cert, err := env.WaitCertificateReady(ctx, kclient, namespace, name, 0)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -105,12 +105,16 @@ func install(t *testing.T, releaseName, namespace string, vals map[string]any, w
 	if w != nil {
 		warn = w
 	}
-	rel, uninstall, err := env.HelmInstall(tc.AdminKubeconfig(), loadChart(t), releaseName, namespace, vals, warn)
+	ctx, cancel := testutil.Context(t)
+	defer cancel()
+	rel, uninstall, err := env.HelmInstall(ctx, tc.AdminKubeconfig(), loadChart(t), releaseName, namespace, vals, warn)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
-		if err := uninstall(); err != nil {
+		ctx, cancel := testutil.CleanupContext(t)
+		defer cancel()
+		if err := uninstall(ctx); err != nil {
 			t.Error(err)
 		}
 	})

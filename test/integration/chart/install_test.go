@@ -4,28 +4,22 @@ import (
 	"context"
 	"net/http"
 	"os"
-	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
-	"time"
 
-	"github.com/spf13/pflag"
 	appsv1 "k8s.io/api/apps/v1"
 	authorizationv1 "k8s.io/api/authorization/v1"
 	certificatesv1 "k8s.io/api/certificates/v1"
 	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
+	eventsv1 "k8s.io/api/events/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/fields"
-	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/nodecsr/nodecsr/cmd/nodecsr-controller/app"
 	"github.com/nodecsr/nodecsr/internal/csrtest"
 	"github.com/nodecsr/nodecsr/internal/testutil"
-	"github.com/nodecsr/nodecsr/test/cluster"
 	"github.com/nodecsr/nodecsr/test/env"
 )
 
@@ -61,7 +55,7 @@ func TestInstallIntoRealAPIServer(t *testing.T) {
 	}
 	for name, tcase := range cases {
 		t.Run(name, func(t *testing.T) {
-			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+			ctx, cancel := testutil.Context(t)
 			defer cancel()
 			ns := uniqueName("install-" + name)
 			createNamespace(t, ns, restricted)
@@ -102,116 +96,79 @@ func TestInstallIntoRealAPIServer(t *testing.T) {
 	}
 }
 
-// forbiddenRecorder records every request the API server refused with 403.
-type forbiddenRecorder struct {
-	mu   sync.Mutex
-	seen []string
-}
-
-func (f *forbiddenRecorder) wrap(rt http.RoundTripper) http.RoundTripper {
-	return roundTripperFunc(func(req *http.Request) (*http.Response, error) {
-		resp, err := rt.RoundTrip(req)
-		if err == nil && resp.StatusCode == http.StatusForbidden {
-			f.mu.Lock()
-			f.seen = append(f.seen, req.Method+" "+req.URL.Path+"?"+req.URL.RawQuery)
-			f.mu.Unlock()
-		}
-		return resp, err
-	})
-}
-
-func (f *forbiddenRecorder) all() []string {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return append([]string(nil), f.seen...)
-}
-
 type roundTripperFunc func(*http.Request) (*http.Response, error)
 
 func (f roundTripperFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
 
-// running is nodecsr-controller running in-process.
+// running is the real nodecsr-controller binary running as the installed
+// chart's Deployment would run it.
 type running struct {
-	opts      *app.Options
-	forbidden *forbiddenRecorder
-	policy    string // the policy file it reads
+	ctl *env.Controller
+	// opts are its options, as the binary parses its args.
+	opts *app.Options
 }
 
-// runInstalledController runs nodecsr-controller in-process exactly as the
-// installed Deployment would run it: the Deployment's own args, parsed by
-// nodecsr-controller's flag set, the installed policy ConfigMap as the
-// policy file, and the chart's ServiceAccount as its identity
-// (impersonated). set overrides flags that only make sense in a pod
-// (addresses, paths). It stops when the test ends.
-func runInstalledController(t *testing.T, ns, fullname, sa string, set map[string]string) *running {
+// runInstalledController runs the nodecsr-controller binary exactly as the
+// installed Deployment would run it (env.StartController): the
+// Deployment's own args, the installed policy ConfigMap as the policy file,
+// and the chart's ServiceAccount as its identity (impersonated). opts adds
+// what only makes sense outside a pod (a webhook serving pair, args); the
+// policy is reloaded every 200ms. It stops when the test ends.
+func runInstalledController(t *testing.T, ns, fullname string, opts env.ControllerOptions) *running {
 	t.Helper()
-	ctx := context.Background()
+	ctx, cancel := testutil.Context(t)
+	defer cancel()
 	d, err := admin.AppsV1().Deployments(ns).Get(ctx, fullname, metav1.GetOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	o, fs := parseArgs(t, d)
+	opts.Binary, opts.Deployment, opts.Admin, opts.AdminKubeconfig = controllerBinary, d, admin, tc.AdminKubeconfig()
+	opts.PodName = fullname + "-test-0"
+	args := map[string]string{"policy-reload-interval": "200ms"}
+	for k, v := range opts.Args {
+		args[k] = v
+	}
+	opts.Args = args
+	ctl := env.StartController(ctx, t, opts)
+	parsed := d.DeepCopy()
+	parsed.Spec.Template.Spec.Containers[0].Args = ctl.Args
+	o, _ := parseArgs(t, parsed)
+	return &running{ctl: ctl, opts: o}
+}
 
-	cm, err := admin.CoreV1().ConfigMaps(ns).Get(ctx, fullname+"-policy", metav1.GetOptions{})
+// checkNothingForbidden fails the test if the API server refused any of
+// the controller's requests (403), as client-go in the controller counts
+// them (rest_client_requests_total{code="403"}).
+func (r *running) checkNothingForbidden(t *testing.T) {
+	t.Helper()
+	ctx, cancel := testutil.Context(t)
+	defer cancel()
+	all, err := r.ctl.MetricSum(ctx, "rest_client_requests_total", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	policy := filepath.Join(t.TempDir(), "policy.yaml")
-	if err := os.WriteFile(policy, []byte(cm.Data["policy.yaml"]), 0o600); err != nil {
+	if all == 0 {
+		t.Fatal("nodecsr-controller counts no requests (rest_client_requests_total): a refused one would go unseen")
+	}
+	n, err := r.ctl.MetricSum(ctx, "rest_client_requests_total", map[string]string{"code": "403"})
+	if err != nil {
 		t.Fatal(err)
 	}
-	overrides := map[string]string{
-		"policy":                    policy,
-		"policy-reload-interval":    "200ms",
-		"metrics-bind-address":      "0",
-		"health-probe-bind-address": "0",
-		"pod-name":                  fullname + "-test-0",
-		"pod-namespace":             ns,
+	if n != 0 {
+		t.Errorf("the API server refused %v of nodecsr-controller's requests with the chart's RBAC; its log says:\n%s", n, linesWith(r.ctl.LogPath, "forbidden"))
 	}
-	for k, v := range set {
-		overrides[k] = v
-	}
-	setFlags(t, fs, overrides)
-	if err := o.Validate(); err != nil {
-		t.Fatalf("invalid options: %v", err)
-	}
-
-	rec := &forbiddenRecorder{}
-	cfg := tc.AdminConfig()
-	cfg.Impersonate = env.ServiceAccount(ns, sa)
-	cfg.QPS, cfg.Burst = o.KubeAPIQPS, o.KubeAPIBurst
-	cfg.WrapTransport = rec.wrap
-
-	runCtx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- app.RunWithConfig(runCtx, o, cfg) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("nodecsr-controller: %v", err)
-			}
-		case <-time.After(30 * time.Second):
-			t.Error("nodecsr-controller did not stop within 30s")
-		}
-	})
-	// Fail fast if it refuses to start.
-	select {
-	case err := <-done:
-		t.Fatalf("nodecsr-controller stopped at once: %v", err)
-	case <-time.After(200 * time.Millisecond):
-	}
-	return &running{opts: o, forbidden: rec, policy: policy}
 }
 
-func setFlags(t *testing.T, fs *pflag.FlagSet, values map[string]string) {
-	t.Helper()
-	for k, v := range values {
-		if err := fs.Set(k, v); err != nil {
-			t.Fatalf("--%s=%s: %v", k, v, err)
+// linesWith returns the lines of the file at path that contain s.
+func linesWith(path, s string) string {
+	data, _ := os.ReadFile(path)
+	var out []string
+	for _, line := range strings.Split(string(data), "\n") {
+		if strings.Contains(line, s) {
+			out = append(out, line)
 		}
 	}
+	return strings.Join(out, "\n")
 }
 
 // TestChartRBACIsEnoughAndNoMore runs nodecsr-controller as the installed
@@ -220,7 +177,7 @@ func setFlags(t *testing.T, fs *pflag.FlagSet, values map[string]string) {
 // holds the Lease and reports a bad policy reload, with no request refused.
 // Then SubjectAccessReviews show what the ServiceAccount cannot do.
 func TestChartRBACIsEnoughAndNoMore(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	ctx, cancel := testutil.Context(t)
 	defer cancel()
 	ns := uniqueName("rbac")
 	createNamespace(t, ns, nil)
@@ -230,9 +187,9 @@ func TestChartRBACIsEnoughAndNoMore(t *testing.T) {
 
 	// Without a certificate directory: the webhooks are tested in
 	// TestCertManagerIssuesTheWebhookCertificate.
-	r := runInstalledController(t, ns, fullname, sa, map[string]string{"webhook-cert-dir": ""})
+	r := runInstalledController(t, ns, fullname, env.ControllerOptions{Args: map[string]string{"webhook-cert-dir": ""}})
 
-	tok, bootstrap := bootstrapClient(ctx, t)
+	bootstrap, tok := env.BootstrapClient(t, tc)
 	node := uniqueName("rbac-worker")
 	good := csrtest.Build(csrtest.WithName(uniqueName("rbac-good")), csrtest.WithNodeName(node))
 	bad := csrtest.Build(csrtest.WithName(uniqueName("rbac-bad")), csrtest.WithNodeName(uniqueName("rbac-other")), csrtest.WithDNSSAN("evil.example.com"))
@@ -251,7 +208,7 @@ func TestChartRBACIsEnoughAndNoMore(t *testing.T) {
 		t.Fatalf("bootstrap CSR %s was not approved: %+v", good.Name, approved.Status.Conditions)
 	}
 	// kube-controller-manager's csrsigning signs what nodecsr approved.
-	if err := poll(ctx, 30*time.Second, func(ctx context.Context) (bool, error) {
+	if err := waitUntil(ctx, func(ctx context.Context) (bool, error) {
 		got, err := admin.CertificatesV1().CertificateSigningRequests().Get(ctx, good.Name, metav1.GetOptions{})
 		return err == nil && len(got.Status.Certificate) > 0, err
 	}); err != nil {
@@ -265,19 +222,8 @@ func TestChartRBACIsEnoughAndNoMore(t *testing.T) {
 
 	// The Events about both CSRs, in the events namespace.
 	for _, name := range []string{good.Name, bad.Name} {
-		if err := poll(ctx, 30*time.Second, func(ctx context.Context) (bool, error) {
-			evs, err := admin.EventsV1().Events(r.opts.EventsNamespace).List(ctx, metav1.ListOptions{FieldSelector: fields.OneTermEqualSelector("regarding.name", name).String()})
-			if err != nil {
-				return false, err
-			}
-			for _, ev := range evs.Items {
-				if ev.ReportingController == "nodecsr" {
-					return true, nil
-				}
-			}
-			return false, nil
-		}); err != nil {
-			t.Errorf("no Event about CSR %s in %s: %v", name, r.opts.EventsNamespace, err)
+		if _, err := env.WaitEvent(ctx, admin, r.opts.EventsNamespace, name, func(ev *eventsv1.Event) bool { return ev.ReportingController == "nodecsr" }); err != nil {
+			t.Error(err)
 		}
 	}
 
@@ -291,28 +237,15 @@ func TestChartRBACIsEnoughAndNoMore(t *testing.T) {
 
 	// A broken policy is reported with a Warning Event about the Pod, in the
 	// release namespace.
-	if err := os.WriteFile(r.policy, []byte("apiVersion: nodecsr.io/v1alpha1\nkind: Policy\nspec:\n  mode: Sometimes\n"), 0o600); err != nil {
+	if err := r.ctl.WritePolicy([]byte("apiVersion: nodecsr.io/v1alpha1\nkind: Policy\nspec:\n  mode: Sometimes\n")); err != nil {
 		t.Fatal(err)
 	}
-	if err := poll(ctx, 30*time.Second, func(ctx context.Context) (bool, error) {
-		evs, err := admin.EventsV1().Events(ns).List(ctx, metav1.ListOptions{FieldSelector: fields.OneTermEqualSelector("regarding.name", r.opts.PodName).String()})
-		if err != nil {
-			return false, err
-		}
-		for _, ev := range evs.Items {
-			if ev.Reason == "PolicyReloadFailed" {
-				return true, nil
-			}
-		}
-		return false, nil
-	}); err != nil {
-		t.Errorf("no PolicyReloadFailed Event about pod %s: %v", r.opts.PodName, err)
+	if _, err := env.WaitEvent(ctx, admin, ns, r.opts.PodName, func(ev *eventsv1.Event) bool { return ev.Reason == "PolicyReloadFailed" }); err != nil {
+		t.Error(err)
 	}
 
 	t.Logf("%s denied (%s); Events written; Lease %s held by %s; policy reload failure reported", bad.Name, condition(denied, certificatesv1.CertificateDenied).Reason, r.opts.LeaderElectionID, ptrString(lease.Spec.HolderIdentity))
-	if f := r.forbidden.all(); len(f) > 0 {
-		t.Errorf("the API server refused %d of nodecsr-controller's requests with the chart's RBAC:\n%s", len(f), strings.Join(f, "\n"))
-	}
+	r.checkNothingForbidden(t)
 
 	// And what the ServiceAccount may not do.
 	id := env.ServiceAccount(ns, sa)
@@ -384,7 +317,7 @@ func sar(ctx context.Context, t *testing.T, id rest.ImpersonationConfig, attrs *
 // waitDecided waits until the CSR has an Approved or Denied condition.
 func waitDecided(ctx context.Context, t *testing.T, name string) *certificatesv1.CertificateSigningRequest {
 	t.Helper()
-	csr, err := env.WaitDecided(ctx, admin, name, time.Minute)
+	csr, err := env.WaitDecided(ctx, admin, name, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -395,37 +328,9 @@ func condition(csr *certificatesv1.CertificateSigningRequest, typ certificatesv1
 	return env.Condition(csr, typ)
 }
 
-// freeLoopbackPort returns a port free on 127.0.0.1 now.
-func freeLoopbackPort(t *testing.T) int {
-	t.Helper()
-	port, err := cluster.FreePort()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return port
-}
-
 func ptrString(p *string) string {
 	if p == nil {
 		return ""
 	}
 	return *p
-}
-
-// bootstrapClient creates a bootstrap token (deleted when the test ends) and
-// a client that authenticates with it, as a joining kubelet does.
-func bootstrapClient(ctx context.Context, t *testing.T) (cluster.BootstrapToken, kubernetes.Interface) {
-	t.Helper()
-	tok, err := tc.CreateBootstrapToken(ctx, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		_ = admin.CoreV1().Secrets(metav1.NamespaceSystem).Delete(context.Background(), "bootstrap-token-"+tok.ID, metav1.DeleteOptions{})
-	})
-	cs, err := kubernetes.NewForConfig(tc.BootstrapConfig(tok))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return tok, cs
 }

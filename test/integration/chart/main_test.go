@@ -1,20 +1,18 @@
 // Package chart_test tests the Helm chart charts/nodecsr with Helm's own Go
 // SDK: it renders the chart (defaults, non-default values, values that must
 // be refused), installs it into a real control plane (etcd, kube-apiserver,
-// kube-controller-manager's csrsigning), runs nodecsr-controller in-process
-// as the chart's ServiceAccount to prove its RBAC is enough and no more, and
-// runs cert-manager's own controllers and cainjector in-process so that the
-// chart's certificates are really issued and the API server really calls
-// nodecsr's webhook over TLS.
+// kube-controller-manager's csrsigning), runs the real nodecsr-controller
+// binary as the chart's ServiceAccount to prove its RBAC is enough and no
+// more, and runs cert-manager's own controllers and cainjector in-process so
+// that the chart's certificates are really issued and the API server really
+// calls nodecsr's webhook over TLS.
 package chart_test
 
 import (
 	"context"
-	"fmt"
 	"io"
 	"os"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -43,13 +41,16 @@ var (
 	admin   kubernetes.Interface
 	kclient client.Client
 	scheme  = runtime.NewScheme()
-	nameSeq atomic.Int64
+	// controllerBinary is the nodecsr-controller built for the package.
+	controllerBinary string
 )
 
 func TestMain(m *testing.M) {
-	os.Exit(cluster.RunTests(m, cluster.Options{}, func(c *cluster.Cluster) error {
-		tc, admin = c, c.AdminClient()
-		// nodecsr-controller (run in-process) logs its errors only.
+	os.Exit(env.Main(m, env.MainOptions{Build: []string{"./cmd/nodecsr-controller"}, Setup: func(s *env.Suite) error {
+		tc, admin = s.Cluster, s.Cluster.AdminClient()
+		controllerBinary = s.Binary("nodecsr-controller")
+		// cert-manager's cainjector runs in-process on controller-runtime:
+		// errors only.
 		ctrl.SetLogger(zap.New(zap.WriteTo(os.Stderr), zap.Level(zapcore.ErrorLevel)))
 		for _, add := range []func(*runtime.Scheme) error{clientgoscheme.AddToScheme, apiextensionsv1.AddToScheme, cmapi.AddToScheme} {
 			if err := add(scheme); err != nil {
@@ -57,25 +58,22 @@ func TestMain(m *testing.M) {
 			}
 		}
 		var err error
-		if kclient, err = client.New(c.AdminConfig(), client.Options{Scheme: scheme}); err != nil {
+		if kclient, err = client.New(tc.AdminConfig(), client.Options{Scheme: scheme}); err != nil {
 			return err
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-		defer cancel()
+		ctx := s.Context()
 		// The CRDs first, long before any test creates a custom resource:
 		// the API server delays the first create of a custom resource that
 		// comes within seconds of its CRD becoming Established.
 		if err := env.InstallCertManagerCRDs(ctx, kclient); err != nil {
 			return err
 		}
-		return c.ApplyKubeadmRBAC(ctx)
-	}))
+		return tc.ApplyKubeadmRBAC(ctx)
+	}}))
 }
 
-// uniqueName returns prefix-N, unique within the test binary.
-func uniqueName(prefix string) string {
-	return fmt.Sprintf("%s-%d", prefix, nameSeq.Add(1))
-}
+// uniqueName returns a name unique within the test binary and its runs.
+func uniqueName(prefix string) string { return env.UniqueName(prefix) }
 
 // repoRoot is the repository root.
 func repoRoot(t testing.TB) string {
@@ -143,8 +141,16 @@ func ofKind(objs []*unstructured.Unstructured, kind string) []*unstructured.Unst
 	return out
 }
 
+// waitUntil polls cond every 100ms until it is done or ctx ends.
+func waitUntil(ctx context.Context, cond func(context.Context) (bool, error)) error {
+	return wait.PollUntilContextCancel(ctx, 100*time.Millisecond, true, cond)
+}
+
+// poll is waitUntil for at most timeout.
 func poll(ctx context.Context, timeout time.Duration, cond func(context.Context) (bool, error)) error {
-	return wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, timeout, true, cond)
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	return waitUntil(ctx, cond)
 }
 
 func createNamespace(t *testing.T, name string, labels map[string]string) {

@@ -1,21 +1,17 @@
 package chart_test
 
 import (
-	"bytes"
 	"context"
 	"crypto/x509"
-	"encoding/pem"
-	"net"
-	"strconv"
 	"strings"
 	"testing"
-	"time"
 
 	certificatesv1 "k8s.io/api/certificates/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/nodecsr/nodecsr/internal/csrtest"
+	"github.com/nodecsr/nodecsr/internal/testutil"
 	"github.com/nodecsr/nodecsr/test/cluster"
 	"github.com/nodecsr/nodecsr/test/env"
 )
@@ -33,7 +29,7 @@ import (
 // injected the CA, the webhook configurations' clientConfig is patched from
 // the Service to https://127.0.0.1:<port>, keeping the injected caBundle.
 func TestCertManagerIssuesTheWebhookCertificate(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	ctx, cancel := testutil.Context(t)
 	defer cancel()
 	ns := uniqueName("tls")
 	createNamespace(t, ns, nil)
@@ -55,37 +51,19 @@ func TestCertManagerIssuesTheWebhookCertificate(t *testing.T) {
 	t.Logf("cert-manager issued %s for %v %v, signed by %s", secret.Name, leaf.DNSNames, leaf.IPAddresses, leaf.Issuer.CommonName)
 
 	// cainjector puts the CA into every webhook of both configurations.
-	if err := env.WaitCABundles(ctx, admin, fullname, caPEM, 3, time.Minute); err != nil {
+	if err := env.WaitCABundles(ctx, admin, fullname, caPEM, 3, 0); err != nil {
 		t.Fatalf("cainjector did not inject %s's CA into the webhook configurations: %v", serving.Name, err)
 	}
 
 	// nodecsr-controller serves the webhooks on loopback with the issued
 	// certificate, as the chart's ServiceAccount.
-	certDir := t.TempDir()
-	if _, _, err := (&cluster.KeyPair{CertPEM: certPEM, KeyPEM: keyPEM}).WriteFiles(certDir, "tls"); err != nil {
-		t.Fatal(err)
-	}
-	port := freeLoopbackPort(t)
-	r := runInstalledController(t, ns, fullname, fullname, map[string]string{
-		"webhook-cert-dir": certDir,
-		"webhook-host":     "127.0.0.1",
-		"webhook-port":     strconv.Itoa(port),
-	})
-	base := "https://" + net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+	r := runInstalledController(t, ns, fullname, env.ControllerOptions{WebhookCertPEM: certPEM, WebhookKeyPEM: keyPEM})
+	base := "https://" + cluster.HostPort(r.ctl.WebhookPort)
 	if err := env.PointWebhooksAt(ctx, admin, fullname, base); err != nil {
 		t.Fatal(err)
 	}
-	bundles, err := env.CABundles(ctx, admin, fullname)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, b := range bundles {
-		if !bytes.Equal(b, caPEM) {
-			t.Fatal("patching the clientConfig lost the injected caBundle")
-		}
-	}
 
-	_, bootstrap := bootstrapClient(ctx, t)
+	bootstrap, _ := env.BootstrapClient(t, tc)
 	csrs := bootstrap.CertificatesV1().CertificateSigningRequests()
 	cleanupCSR := func(name string) {
 		t.Cleanup(func() {
@@ -99,7 +77,7 @@ func TestCertManagerIssuesTheWebhookCertificate(t *testing.T) {
 	// removed and the request is repeated.
 	var rejection error
 	attempts := 0
-	if err := poll(ctx, time.Minute, func(ctx context.Context) (bool, error) {
+	if err := waitUntil(ctx, func(ctx context.Context) (bool, error) {
 		attempts++
 		bad := csrtest.Build(csrtest.WithName(uniqueName("tls-bad")), csrtest.WithNodeName(uniqueName("tls-node")), csrtest.WithDNSSAN("evil.example.com"))
 		_, err := csrs.Create(ctx, bad, metav1.CreateOptions{})
@@ -133,23 +111,14 @@ func TestCertManagerIssuesTheWebhookCertificate(t *testing.T) {
 	if condition(decided, certificatesv1.CertificateApproved) == nil {
 		t.Errorf("the valid CSR was not approved: %+v", decided.Status.Conditions)
 	}
-	if f := r.forbidden.all(); len(f) > 0 {
-		t.Errorf("the API server refused %d of nodecsr-controller's requests with the chart's RBAC:\n%s", len(f), strings.Join(f, "\n"))
-	}
+	r.checkNothingForbidden(t)
 }
 
 // verifyServingCert checks that certPEM is a server certificate for names
 // and 127.0.0.1 that chains to caPEM.
 func verifyServingCert(t *testing.T, certPEM, caPEM []byte, names []string) *x509.Certificate {
 	t.Helper()
-	block, _ := pem.Decode(certPEM)
-	if block == nil {
-		t.Fatal("tls.crt holds no PEM block")
-	}
-	leaf, err := x509.ParseCertificate(block.Bytes)
-	if err != nil {
-		t.Fatal(err)
-	}
+	leaf := env.ParseCert(t, certPEM)
 	roots := x509.NewCertPool()
 	if !roots.AppendCertsFromPEM(caPEM) {
 		t.Fatal("ca.crt holds no certificate")

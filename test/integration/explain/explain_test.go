@@ -13,7 +13,6 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
-	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 
@@ -21,6 +20,7 @@ import (
 	"github.com/nodecsr/nodecsr/cmd/nodecsr-controller/app"
 	"github.com/nodecsr/nodecsr/internal/csrtest"
 	"github.com/nodecsr/nodecsr/test/cluster"
+	"github.com/nodecsr/nodecsr/test/env"
 )
 
 var tc *cluster.Cluster
@@ -50,12 +50,14 @@ func TestExplainGathersClusterFacts(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	// An identity without the right to request node client certificates.
+	// An identity without the right to request node client certificates: it
+	// may create CSRs (system:node-bootstrapper), without the nodeclient
+	// permission that the kubeadm bindings give bootstrap tokens.
 	cfg, err := tc.UserConfig("mallory", "system:bootstrappers")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := admin.RbacV1().ClusterRoleBindings().Create(ctx, bootstrapperOnly("mallory"), metav1.CreateOptions{}); err != nil {
+	if err := env.AllowCSRCreate(ctx, admin, "explain-test-mallory", env.User("mallory")); err != nil {
 		t.Fatal(err)
 	}
 	csr := csrtest.Build(csrtest.WithNodeName("mallory-node"), csrtest.WithName("unauthorized"))
@@ -104,15 +106,5 @@ func TestExplainGathersClusterFacts(t *testing.T) {
 		if len(got.Status.Conditions) != 0 {
 			t.Errorf("explain wrote conditions on %s: %+v", name, got.Status.Conditions)
 		}
-	}
-}
-
-// bootstrapperOnly lets a user create CSRs (system:node-bootstrapper) without
-// the nodeclient permission that the kubeadm bindings give bootstrap tokens.
-func bootstrapperOnly(user string) *rbacv1.ClusterRoleBinding {
-	return &rbacv1.ClusterRoleBinding{
-		ObjectMeta: metav1.ObjectMeta{Name: "explain-test-" + user},
-		RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: "system:node-bootstrapper"},
-		Subjects:   []rbacv1.Subject{{Kind: rbacv1.UserKind, APIGroup: rbacv1.GroupName, Name: user}},
 	}
 }

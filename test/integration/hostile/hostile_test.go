@@ -6,7 +6,6 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/asn1"
-	"encoding/pem"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -24,6 +23,7 @@ import (
 	"github.com/nodecsr/nodecsr/approver"
 	"github.com/nodecsr/nodecsr/internal/csrtest"
 	"github.com/nodecsr/nodecsr/test/cluster"
+	"github.com/nodecsr/nodecsr/test/env"
 	"github.com/nodecsr/nodecsr/webhook"
 )
 
@@ -202,11 +202,11 @@ func TestHostileCSRsWithoutWebhook(t *testing.T) {
 // alone.
 func TestWhileControllerIsDown(t *testing.T) {
 	setWebhooks(t, false)
-	stopController()
+	stopController(t)
 	started := false
 	t.Cleanup(func() {
 		if !started {
-			startController()
+			startController(t)
 		}
 	})
 	ctx := t.Context()
@@ -238,7 +238,7 @@ func TestWhileControllerIsDown(t *testing.T) {
 	decideByHand(t, preApproved, certificatesv1.CertificateApproved, "ApprovedByAdmin")
 	decideByHand(t, preDenied, certificatesv1.CertificateDenied, "DeniedByAdmin")
 
-	startController()
+	startController(t)
 	started = true
 	// Filed while nodecsr works through the backlog.
 	for _, n := range otherNodes[3:] {
@@ -602,14 +602,7 @@ func expectCapped(t *testing.T, created, later *certificatesv1.CertificateSignin
 	if e := created.Spec.ExpirationSeconds; e == nil || *e != maxExpiration {
 		t.Errorf("expirationSeconds after admission = %v, want capped to %d", e, maxExpiration)
 	}
-	block, _ := pem.Decode(later.Status.Certificate)
-	if block == nil {
-		t.Fatal("no certificate")
-	}
-	cert, err := x509.ParseCertificate(block.Bytes)
-	if err != nil {
-		t.Fatal(err)
-	}
+	cert := env.ParseCert(t, later.Status.Certificate)
 	// The signer backdates notBefore a little; notAfter is at most the cap
 	// after the CSR's creation (plus clock granularity).
 	if limit := created.CreationTimestamp.Add(maxExpiration*time.Second + time.Minute); cert.NotAfter.After(limit) {

@@ -13,7 +13,6 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -26,10 +25,11 @@ import (
 	certificatesv1 "k8s.io/api/certificates/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes"
 
+	"github.com/nodecsr/nodecsr/internal/testutil"
 	"github.com/nodecsr/nodecsr/test/cluster"
+	"github.com/nodecsr/nodecsr/test/env"
 )
 
 var (
@@ -38,38 +38,16 @@ var (
 	binary string
 )
 
-func TestMain(m *testing.M) { os.Exit(run(m)) }
-
-func run(m *testing.M) int {
-	dir, err := os.MkdirTemp("", "nodecsr-request-it-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	defer func() { _ = os.RemoveAll(dir) }()
-	if binary, err = buildBinary(dir); err != nil {
-		fmt.Fprintf(os.Stderr, "FAIL: %v\n", err)
-		return 1
-	}
-	return cluster.RunTests(m, cluster.Options{}, func(c *cluster.Cluster) error {
-		testCluster = c
-		return c.ApplyKubeadmRBAC(context.Background())
-	})
+func TestMain(m *testing.M) {
+	os.Exit(env.Main(m, env.MainOptions{Build: []string{"./cmd/nodecsr-request"}, Setup: func(s *env.Suite) error {
+		testCluster, binary = s.Cluster, s.Binary("nodecsr-request")
+		return s.Cluster.ApplyKubeadmRBAC(s.Context())
+	}}))
 }
 
-func buildBinary(dir string) (string, error) {
-	return filepath.Join(dir, "nodecsr-request"), cluster.BuildBinaries(context.Background(), dir, "./cmd/nodecsr-request")
-}
-
-// uniqueName returns base with a random suffix, so that every test (and every
-// repetition under -count) has node names of its own.
-func uniqueName(base string) string {
-	return fmt.Sprintf("%s-%08x", base, rand.Uint32())
-}
-
-// pollTimeout bounds every wait for something the control plane or the
-// binary does; generous, since the machine may be busy.
-const pollTimeout = 2 * time.Minute
+// uniqueName returns base with a suffix of its own, so that every test (and
+// every repetition under -count) has node names of its own.
+func uniqueName(base string) string { return env.UniqueName(base) }
 
 // proc is one run of the binary.
 type proc struct {
@@ -139,10 +117,12 @@ func (p *proc) stderrText() string {
 // wait waits for the process to exit and returns its exit code.
 func (p *proc) wait(t *testing.T) int {
 	t.Helper()
+	ctx, cancel := testutil.Context(t)
+	defer cancel()
 	select {
 	case <-p.done:
-	case <-time.After(pollTimeout):
-		t.Fatalf("nodecsr-request did not exit within %s; stderr:\n%s", pollTimeout, p.stderrText())
+	case <-ctx.Done():
+		t.Fatalf("nodecsr-request did not exit: %v; stderr:\n%s", ctx.Err(), p.stderrText())
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -152,7 +132,7 @@ func (p *proc) wait(t *testing.T) int {
 // waitForLog waits until the process logged a line containing s (count times).
 func (p *proc) waitForLog(t *testing.T, s string, count int) {
 	t.Helper()
-	err := wait.PollUntilContextTimeout(t.Context(), 50*time.Millisecond, pollTimeout, true, func(context.Context) (bool, error) {
+	err := testutil.Poll(t, 50*time.Millisecond, func(context.Context) (bool, error) {
 		select {
 		case <-p.done:
 			return false, fmt.Errorf("exited before logging %q", s)
@@ -284,7 +264,7 @@ func csrsFor(ctx context.Context, t *testing.T, node string) []certificatesv1.Ce
 func waitForCSRs(t *testing.T, node string, n int) []certificatesv1.CertificateSigningRequest {
 	t.Helper()
 	var got []certificatesv1.CertificateSigningRequest
-	err := wait.PollUntilContextTimeout(t.Context(), 100*time.Millisecond, pollTimeout, true, func(ctx context.Context) (bool, error) {
+	err := testutil.Poll(t, 100*time.Millisecond, func(ctx context.Context) (bool, error) {
 		got = csrsFor(ctx, t, node)
 		return len(got) >= n, nil
 	})

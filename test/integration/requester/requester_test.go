@@ -27,6 +27,7 @@ import (
 	"k8s.io/client-go/util/keyutil"
 
 	"github.com/nodecsr/nodecsr/internal/requester"
+	"github.com/nodecsr/nodecsr/test/env"
 )
 
 // TestBootstrapThenRenew: a bootstrap token gets the node its first
@@ -334,11 +335,7 @@ func assertKubeletCSR(t *testing.T, csr *certificatesv1.CertificateSigningReques
 	if !strings.HasPrefix(csr.Name, "node-csr-") {
 		t.Errorf("name %q", csr.Name)
 	}
-	block, _ := pem.Decode(csr.Spec.Request)
-	req, err := x509.ParseCertificateRequest(block.Bytes)
-	if err != nil {
-		t.Fatal(err)
-	}
+	req := env.ParseRequest(t, csr.Spec.Request)
 	if len(req.Subject.Organization) != 1 || req.Subject.Organization[0] != "system:nodes" || len(req.DNSNames)+len(req.IPAddresses) != 0 {
 		t.Errorf("request subject %s, SANs %v %v", req.Subject, req.DNSNames, req.IPAddresses)
 	}

@@ -27,9 +27,7 @@ import (
 	certificatesv1 "k8s.io/api/certificates/v1"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/klog/v2/textlogger"
 	"k8s.io/utils/clock"
@@ -41,6 +39,7 @@ import (
 	"github.com/nodecsr/nodecsr/internal/csrtest"
 	"github.com/nodecsr/nodecsr/internal/testutil"
 	"github.com/nodecsr/nodecsr/test/cluster"
+	testenv "github.com/nodecsr/nodecsr/test/env"
 	"github.com/nodecsr/nodecsr/webhook"
 )
 
@@ -53,10 +52,6 @@ var (
 // selfUser plays nodecsr's ServiceAccount (a client-certificate user of the
 // same name).
 const selfUser = "system:serviceaccount:nodecsr-system:nodecsr"
-
-// pollTimeout bounds every wait on the control plane; generous, since the
-// machine may be busy.
-const pollTimeout = 2 * time.Minute
 
 func TestMain(m *testing.M) {
 	ctrl.SetLogger(textlogger.NewLogger(textlogger.NewConfig(textlogger.Verbosity(0), textlogger.Output(os.Stderr))))
@@ -107,7 +102,7 @@ func startEnv(t *testing.T, p *config.Effective) *env {
 	if err := e.vol.write(leaf); err != nil {
 		t.Fatal(err)
 	}
-	e.port = freePort(t)
+	e.port = testenv.FreePort(t)
 
 	srv, err := webhook.NewServer(webhook.ServerOptions{Host: "127.0.0.1", Port: e.port, CertDir: e.vol.dir})
 	if err != nil {
@@ -142,17 +137,19 @@ func startEnv(t *testing.T, p *config.Effective) *env {
 	go func() { done <- mgr.Start(ctx) }()
 	e.stopMgr = func() {
 		cancel()
+		stopCtx, stopCancel := testutil.Context(t)
+		defer stopCancel()
 		select {
 		case err := <-done:
 			if err != nil {
 				t.Errorf("manager: %v", err)
 			}
-		case <-time.After(time.Minute):
-			t.Error("the manager did not stop within a minute")
+		case <-stopCtx.Done():
+			t.Error("the manager did not stop")
 		}
 	}
 	t.Cleanup(e.stopServer)
-	syncCtx, syncCancel := context.WithTimeout(ctx, pollTimeout)
+	syncCtx, syncCancel := testutil.Context(t)
 	defer syncCancel()
 	if !mgr.GetCache().WaitForCacheSync(syncCtx) {
 		t.Fatal("the manager's cache did not sync")
@@ -172,22 +169,9 @@ func (e *env) addr() string { return net.JoinHostPort("127.0.0.1", strconv.Itoa(
 func (e *env) register() {
 	t := e.t
 	opts := webhook.ConfigOptions{Name: e.name, CABundle: e.ca.CertPEM, URL: "https://" + e.addr(), Self: selfUser}
-	mwc, err := webhook.MutatingWebhookConfiguration(opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	vwc, err := webhook.ValidatingWebhookConfiguration(opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx := context.Background()
-	ar := e.admin.AdmissionregistrationV1()
-	if _, err := ar.MutatingWebhookConfigurations().Create(ctx, mwc, metav1.CreateOptions{}); err != nil {
-		t.Fatalf("the API server refused the MutatingWebhookConfiguration: %v", err)
-	}
 	t.Cleanup(func() { e.unregister() })
-	if _, err := ar.ValidatingWebhookConfigurations().Create(ctx, vwc, metav1.CreateOptions{}); err != nil {
-		t.Fatalf("the API server refused the ValidatingWebhookConfiguration: %v", err)
+	if err := testenv.CreateWebhookConfigurations(t.Context(), e.admin, opts, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
 	}
 
 	// Effective when a CSR by the admin (no kubelet requester) is rejected
@@ -195,7 +179,7 @@ func (e *env) register() {
 	// is stored).
 	boot := bootstrapClient(t)
 	var last string
-	err = wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, pollTimeout, true, func(ctx context.Context) (bool, error) {
+	err := testutil.Poll(t, 100*time.Millisecond, func(ctx context.Context) (bool, error) {
 		_, err := e.admin.CertificatesV1().CertificateSigningRequests().Create(ctx, goodCSR("probe", "it-probe-node"), dryRun)
 		if err == nil || !strings.Contains(err.Error(), webhook.WebhookNameValidate) {
 			last = fmt.Sprintf("admin's CSR: %v", err)
@@ -246,17 +230,14 @@ func (e *env) setURLHost(host string) {
 }
 
 func (e *env) unregister() {
-	ctx := context.Background()
-	ar := e.admin.AdmissionregistrationV1()
-	if err := ar.ValidatingWebhookConfigurations().Delete(ctx, e.name, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
-		e.t.Errorf("delete ValidatingWebhookConfiguration: %v", err)
-	}
-	if err := ar.MutatingWebhookConfigurations().Delete(ctx, e.name, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
-		e.t.Errorf("delete MutatingWebhookConfiguration: %v", err)
+	ctx, cancel := testutil.Context(e.t)
+	defer cancel()
+	if err := testenv.DeleteWebhookConfigurations(ctx, e.admin, e.name); err != nil {
+		e.t.Error(err)
 	}
 	// Wait until the API server no longer calls them, so the next test
 	// starts clean: the admin's CSR is admitted again.
-	_ = wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
+	_ = testutil.Poll(e.t, 100*time.Millisecond, func(ctx context.Context) (bool, error) {
 		_, err := e.admin.CertificatesV1().CertificateSigningRequests().Create(ctx, goodCSR("probe", "it-probe-node"), dryRun)
 		return err == nil, nil
 	})
@@ -299,15 +280,7 @@ func userClient(t *testing.T, user string, groups ...string) (kubernetes.Interfa
 }
 
 // createNode creates a Node object and deletes it when the test ends.
-func createNode(t *testing.T, name string) {
-	t.Helper()
-	admin := testCluster.AdminClient()
-	_, err := admin.CoreV1().Nodes().Create(context.Background(), &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name}}, metav1.CreateOptions{})
-	if err != nil && !apierrors.IsAlreadyExists(err) {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = admin.CoreV1().Nodes().Delete(context.Background(), name, metav1.DeleteOptions{}) })
-}
+func createNode(t *testing.T, name string) { testenv.CreateNode(t, testCluster.AdminClient(), name) }
 
 // deleteCSRs deletes the CSRs labelled for nodeName when the test ends.
 func deleteCSRs(t *testing.T, nodeNames ...string) {
@@ -408,24 +381,15 @@ func (v *secretVolume) write(kp *cluster.KeyPair) error {
 	return nil
 }
 
-func freePort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = l.Close() }()
-	return l.Addr().(*net.TCPAddr).Port
-}
-
 // servedSerial dials addr and returns the serial of the served certificate.
-func servedSerial(addr string, roots *x509.CertPool) (string, error) {
-	conn, err := tls.DialWithDialer(&net.Dialer{Timeout: 2 * time.Second}, "tcp", addr, &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12})
+func servedSerial(ctx context.Context, addr string, roots *x509.CertPool) (string, error) {
+	d := &tls.Dialer{Config: &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12}}
+	conn, err := d.DialContext(ctx, "tcp", addr)
 	if err != nil {
 		return "", err
 	}
 	defer func() { _ = conn.Close() }()
-	return conn.ConnectionState().PeerCertificates[0].SerialNumber.String(), nil
+	return conn.(*tls.Conn).ConnectionState().PeerCertificates[0].SerialNumber.String(), nil
 }
 
 func serialOf(t *testing.T, kp *cluster.KeyPair) string {

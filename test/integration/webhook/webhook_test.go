@@ -5,7 +5,6 @@ import (
 	"crypto/sha256"
 	"crypto/x509"
 	"encoding/hex"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"slices"
@@ -19,12 +18,13 @@ import (
 	eventsv1 "k8s.io/api/events/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/nodecsr/nodecsr/approver"
 	"github.com/nodecsr/nodecsr/config"
 	"github.com/nodecsr/nodecsr/internal/csrtest"
+	"github.com/nodecsr/nodecsr/internal/testutil"
+	testenv "github.com/nodecsr/nodecsr/test/env"
 	"github.com/nodecsr/nodecsr/webhook"
 )
 
@@ -57,7 +57,7 @@ func TestRejectsHopelessCSR(t *testing.T) {
 	ctx := t.Context()
 
 	// The Node must be in the webhook's cache for the takeover to be seen.
-	if err := wait.PollUntilContextTimeout(ctx, 50*time.Millisecond, pollTimeout, true, func(ctx context.Context) (bool, error) {
+	if err := testutil.Poll(t, 50*time.Millisecond, func(ctx context.Context) (bool, error) {
 		_, err := bootstrapClient(t).CertificatesV1().CertificateSigningRequests().Create(ctx, goodCSR("takeover", victim), dryRun)
 		return err != nil && strings.Contains(err.Error(), approver.ReasonNodeAlreadyExists), nil
 	}); err != nil {
@@ -146,7 +146,7 @@ func TestAdmitsLabelsAnnotatesAndCaps(t *testing.T) {
 	node := kubernetes.NewForConfigOrDie(nodeCfg).CertificatesV1().CertificateSigningRequests()
 	csr = goodCSR("renewal", renewalNode, csrtest.WithKey(csrtest.RSAKey(2048)), csrtest.WithUsages(csrtest.KeyEnciphermentUsages()...))
 	// The Node may reach the webhook's cache a moment after it is created.
-	err = wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, pollTimeout, true, func(ctx context.Context) (bool, error) {
+	err = testutil.Poll(t, 100*time.Millisecond, func(ctx context.Context) (bool, error) {
 		got, err = node.Create(ctx, csr, metav1.CreateOptions{})
 		if err != nil && strings.Contains(err.Error(), approver.ReasonWaitingForNode) {
 			return false, nil
@@ -179,11 +179,7 @@ func checkMutated(t *testing.T, csr *certificatesv1.CertificateSigningRequest, n
 
 func spkiSHA256(t *testing.T, req []byte) string {
 	t.Helper()
-	blk, _ := pem.Decode(req)
-	cr, err := x509.ParseCertificateRequest(blk.Bytes)
-	if err != nil {
-		t.Fatal(err)
-	}
+	cr := testenv.ParseRequest(t, req)
 	s := sha256.Sum256(cr.RawSubjectPublicKeyInfo)
 	return hex.EncodeToString(s[:])
 }
@@ -242,7 +238,7 @@ func TestApprovalGuard(t *testing.T) {
 	}) {
 		t.Errorf("no approval guard warning; warnings: %q", malloryWarnings.All())
 	}
-	err = wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, pollTimeout, true, func(ctx context.Context) (bool, error) {
+	err = testutil.Poll(t, 100*time.Millisecond, func(ctx context.Context) (bool, error) {
 		evs, err := e.admin.EventsV1().Events(metav1.NamespaceDefault).List(ctx, metav1.ListOptions{})
 		if err != nil {
 			return false, err
@@ -327,7 +323,7 @@ func TestCertificateRotation(t *testing.T) {
 	}()
 	waitRounds := func(n int) {
 		t.Helper()
-		if err := wait.PollUntilContextTimeout(t.Context(), 20*time.Millisecond, pollTimeout, true, func(context.Context) (bool, error) {
+		if err := testutil.Poll(t, 20*time.Millisecond, func(context.Context) (bool, error) {
 			return roundsDone() >= n, nil
 		}); err != nil {
 			t.Fatalf("only %d rounds of CSR creation", roundsDone())
@@ -349,8 +345,8 @@ func TestCertificateRotation(t *testing.T) {
 		}
 		want := serialOf(t, next)
 		var got string
-		err = wait.PollUntilContextTimeout(t.Context(), 50*time.Millisecond, pollTimeout, true, func(context.Context) (bool, error) {
-			got, err = servedSerial(e.addr(), roots)
+		err = testutil.Poll(t, 50*time.Millisecond, func(ctx context.Context) (bool, error) {
+			got, err = servedSerial(ctx, e.addr(), roots)
 			return err == nil && got == want, nil
 		})
 		if err != nil {
@@ -426,20 +422,8 @@ func TestConfigurationsAreAccepted(t *testing.T) {
 		TimeoutSeconds:             5,
 		ApprovalGuardFailurePolicy: admissionregistrationv1.Fail,
 	}
-	mwc, err := webhook.MutatingWebhookConfiguration(opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	vwc, err := webhook.ValidatingWebhookConfiguration(opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ar := testCluster.AdminClient().AdmissionregistrationV1()
-	if _, err := ar.MutatingWebhookConfigurations().Create(t.Context(), mwc, dryRun); err != nil {
-		t.Errorf("MutatingWebhookConfiguration refused: %v", err)
-	}
-	if _, err := ar.ValidatingWebhookConfigurations().Create(t.Context(), vwc, dryRun); err != nil {
-		t.Errorf("ValidatingWebhookConfiguration refused: %v", err)
+	if err := testenv.CreateWebhookConfigurations(t.Context(), testCluster.AdminClient(), opts, dryRun); err != nil {
+		t.Error(err)
 	}
 }
 
