@@ -58,8 +58,9 @@ func (c *Cluster) CreateBootstrapToken(ctx context.Context, ttl time.Duration) (
 		},
 	}
 	client := c.AdminClient()
+	// Both waits end with ctx, the caller's deadline; none of their own.
 	// kube-system is created by the API server shortly after it reports ready.
-	err = wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
+	err = wait.PollUntilContextCancel(ctx, 100*time.Millisecond, true, func(ctx context.Context) (bool, error) {
 		_, err := client.CoreV1().Secrets(metav1.NamespaceSystem).Create(ctx, secret, metav1.CreateOptions{})
 		if apierrors.IsNotFound(err) {
 			return false, nil
@@ -72,7 +73,7 @@ func (c *Cluster) CreateBootstrapToken(ctx context.Context, ttl time.Duration) (
 	// The API server's token authenticator reads Secrets through an informer:
 	// wait until it knows the new token.
 	tokClient := kubernetes.NewForConfigOrDie(c.BootstrapConfig(tok))
-	err = wait.PollUntilContextTimeout(ctx, 50*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
+	err = wait.PollUntilContextCancel(ctx, 50*time.Millisecond, true, func(ctx context.Context) (bool, error) {
 		_, err := tokClient.AuthenticationV1().SelfSubjectReviews().Create(ctx, &authenticationv1.SelfSubjectReview{}, metav1.CreateOptions{})
 		return err == nil, nil
 	})

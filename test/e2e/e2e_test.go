@@ -44,6 +44,7 @@ import (
 
 	"github.com/nodecsr/nodecsr/approver"
 	"github.com/nodecsr/nodecsr/internal/csrtest"
+	"github.com/nodecsr/nodecsr/internal/testutil"
 	"github.com/nodecsr/nodecsr/test/cluster"
 	"github.com/nodecsr/nodecsr/test/env"
 )
@@ -53,8 +54,6 @@ const (
 	namespace = "nodecsr"
 	// nodes is how many simulated nodes bootstrap and renew.
 	nodes = 4
-	// deadline bounds every wait: generous, never a timing assertion.
-	deadline = 2 * time.Minute
 )
 
 var (
@@ -95,7 +94,7 @@ func runTests(m *testing.M) int {
 		if kclient, err = client.New(c.AdminConfig(), client.Options{Scheme: scheme}); err != nil {
 			return err
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		ctx, cancel := testutil.MainContext()
 		defer cancel()
 		// The CRDs first, long before the chart creates its Issuers and
 		// Certificates (the API server delays the first create of a custom
@@ -114,7 +113,7 @@ func build(dir string) error { return cluster.BuildBinaries(context.Background()
 // nodes join and renew through it and attackers are turned away, each
 // decision recorded once.
 func TestNodeCSREndToEnd(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	ctx, cancel := testutil.Context(t)
 	defer cancel()
 	installed := install(ctx, t)
 
@@ -200,7 +199,7 @@ func install(ctx context.Context, t *testing.T) installation {
 	}
 	var serving *cmapi.Certificate
 	for _, c := range certs.Items {
-		ready, err := env.WaitCertificateReady(ctx, kclient, namespace, c.Name, deadline)
+		ready, err := env.WaitCertificateReady(ctx, kclient, namespace, c.Name, testutil.Remaining(t))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -219,7 +218,7 @@ func install(ctx context.Context, t *testing.T) installation {
 	if len(caPEM) == 0 || len(certPEM) == 0 || len(keyPEM) == 0 {
 		t.Fatalf("Secret %s lacks ca.crt, tls.crt or tls.key", secret.Name)
 	}
-	if err := env.WaitCABundles(ctx, admin, fullname, caPEM, 3, deadline); err != nil {
+	if err := env.WaitCABundles(ctx, admin, fullname, caPEM, 3, testutil.Remaining(t)); err != nil {
 		t.Fatal(err)
 	}
 
@@ -227,7 +226,7 @@ func install(ctx context.Context, t *testing.T) installation {
 		Binary: filepath.Join(binDir, "nodecsr-controller"), Deployment: d,
 		Admin: admin, AdminKubeconfig: tc.AdminKubeconfig(),
 		WebhookCertPEM: certPEM, WebhookKeyPEM: keyPEM,
-		PodName: d.Name + "-e2e-0", Deadline: deadline,
+		PodName: d.Name + "-e2e-0", Deadline: testutil.Remaining(t),
 	})
 	base := "https://127.0.0.1:" + strconv.Itoa(p.WebhookPort)
 	if err := env.PointWebhooksAt(ctx, admin, fullname, base); err != nil {
@@ -258,7 +257,7 @@ func waitWebhookServing(ctx context.Context, t *testing.T, base string) {
 	t.Helper()
 	bootstrap := bootstrapClient(ctx, t)
 	var last error
-	if err := wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, deadline, true, func(ctx context.Context) (bool, error) {
+	if err := wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, testutil.Remaining(t), true, func(ctx context.Context) (bool, error) {
 		probe := csrtest.Build(csrtest.WithName("e2e-webhook-probe"), csrtest.WithNodeName("e2e-probe"), csrtest.WithDNSSAN("probe.example.com"))
 		_, last = bootstrap.CertificatesV1().CertificateSigningRequests().Create(ctx, probe, metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}})
 		return last != nil && strings.Contains(last.Error(), approver.ReasonSANsNotAllowed), nil
@@ -437,7 +436,7 @@ func attacks(ctx context.Context, t *testing.T, victim, other string) {
 		csr := csrtest.Build(csrtest.WithName("e2e-requester-mismatch"), csrtest.WithNodeName(other))
 		var last error
 		// RBAC reaches the authorizer's cache shortly after the binding.
-		if err := wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, deadline, true, func(ctx context.Context) (bool, error) {
+		if err := wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, testutil.Remaining(t), true, func(ctx context.Context) (bool, error) {
 			_, last = cs.CertificatesV1().CertificateSigningRequests().Create(ctx, csr, metav1.CreateOptions{})
 			return last == nil || !strings.Contains(last.Error(), "cannot create resource"), nil
 		}); err != nil {
@@ -506,7 +505,7 @@ func decisionEvents(ctx context.Context, t *testing.T, eventsNamespace string) {
 	sel := fields.OneTermEqualSelector("involvedObject.kind", "CertificateSigningRequest").String()
 	var events []corev1.Event
 	// A decision's Event is written right after its condition.
-	if err := wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, deadline, true, func(ctx context.Context) (bool, error) {
+	if err := wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, testutil.Remaining(t), true, func(ctx context.Context) (bool, error) {
 		evs, err := admin.CoreV1().Events(eventsNamespace).List(ctx, metav1.ListOptions{FieldSelector: sel})
 		if err != nil {
 			return false, err

@@ -71,6 +71,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/nodecsr/nodecsr/approver"
+	"github.com/nodecsr/nodecsr/internal/testutil"
 	"github.com/nodecsr/nodecsr/test/cluster"
 	"github.com/nodecsr/nodecsr/test/env"
 )
@@ -112,7 +113,7 @@ func runTests(m *testing.M) int {
 	binDir = dir
 	return cluster.RunTests(m, cluster.Options{}, func(c *cluster.Cluster) error {
 		tc, admin = c, c.AdminClient()
-		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		ctx, cancel := testutil.MainContext()
 		defer cancel()
 		return c.ApplyKubeadmRBAC(ctx)
 	})

@@ -14,6 +14,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 
+	"github.com/nodecsr/nodecsr/internal/testutil"
 	"github.com/nodecsr/nodecsr/test/env"
 )
 
@@ -221,7 +222,7 @@ func waitAPFBootstrap(ctx context.Context, t *testing.T) (flowSchemas, levels ma
 // custom level, that level. The admin itself (system:masters, as the
 // benchmarks ran) is exempt.
 func TestFlowSchemaClassifiesNodecsr(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	ctx, cancel := testutil.Context(t)
 	defer cancel()
 	flowSchemas, levels := waitAPFBootstrap(ctx, t)
 

@@ -19,6 +19,7 @@ import (
 	"github.com/nodecsr/nodecsr/approver"
 	"github.com/nodecsr/nodecsr/config"
 	"github.com/nodecsr/nodecsr/internal/csrtest"
+	"github.com/nodecsr/nodecsr/internal/testutil"
 	"github.com/nodecsr/nodecsr/webhook"
 )
 
@@ -299,7 +300,7 @@ func TestWebhookDownHostileCSRs(t *testing.T) {
 	probe := hostileRenewal("probe", "probe", approver.ReasonSANsNotAllowed, csrtest.WithDNSSAN("probe.example"))
 	probe.csr.Spec.Username, probe.csr.Spec.Groups = "", nil
 	var last error
-	err = wait.PollUntilContextTimeout(t.Context(), 100*time.Millisecond, pollTimeout, true, func(ctx context.Context) (bool, error) {
+	err = wait.PollUntilContextTimeout(t.Context(), 100*time.Millisecond, testutil.Remaining(t), true, func(ctx context.Context) (bool, error) {
 		_, last = probe.client.CertificatesV1().CertificateSigningRequests().Create(ctx, probe.csr, metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}})
 		return last != nil && strings.Contains(last.Error(), webhook.WebhookNameValidate) && strings.Contains(last.Error(), approver.ReasonSANsNotAllowed), nil
 	})
@@ -399,7 +400,7 @@ func TestBrokenPolicyReloadUnderLoad(t *testing.T) {
 	broken = true
 	mu.Unlock()
 
-	err = wait.PollUntilContextTimeout(t.Context(), 100*time.Millisecond, pollTimeout, true, func(context.Context) (bool, error) {
+	err = wait.PollUntilContextTimeout(t.Context(), 100*time.Millisecond, testutil.Remaining(t), true, func(context.Context) (bool, error) {
 		return r.metric(t, "nodecsr_policy_reloads_total", map[string]string{"result": "error"}) > errorsBefore, nil
 	})
 	if err != nil {
@@ -407,7 +408,7 @@ func TestBrokenPolicyReloadUnderLoad(t *testing.T) {
 	}
 	t.Logf("reload error counted %s after the file was replaced", time.Since(brokenAt).Round(time.Millisecond))
 	var warning *eventsv1.Event
-	err = wait.PollUntilContextTimeout(t.Context(), 100*time.Millisecond, pollTimeout, true, func(ctx context.Context) (bool, error) {
+	err = wait.PollUntilContextTimeout(t.Context(), 100*time.Millisecond, testutil.Remaining(t), true, func(ctx context.Context) (bool, error) {
 		list, err := admin.EventsV1().Events(podNamespace).List(ctx, metav1.ListOptions{})
 		if err != nil {
 			return false, err

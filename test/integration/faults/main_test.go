@@ -42,6 +42,7 @@ import (
 
 	"github.com/nodecsr/nodecsr/approver"
 	"github.com/nodecsr/nodecsr/internal/csrtest"
+	"github.com/nodecsr/nodecsr/internal/testutil"
 	"github.com/nodecsr/nodecsr/test/cluster"
 )
 
@@ -64,8 +65,6 @@ const (
 	podNamespace = metav1.NamespaceSystem
 	// auditedGroup: the API server audits every write of a user in this group.
 	auditedGroup = "faults-audited"
-	// pollTimeout bounds every wait; generous, the machine may be busy.
-	pollTimeout = 3 * time.Minute
 	// recheckAfter: decisions are looked at again this long after the last
 	// one; nothing may change.
 	recheckAfter = 2 * time.Second
@@ -249,7 +248,7 @@ func startReplica(t *testing.T, o replicaOptions) *replica {
 			t.Logf("--- last lines of %s's log ---\n%s", r.name, tail(r.logPath, 25))
 		}
 	})
-	err = wait.PollUntilContextTimeout(t.Context(), 100*time.Millisecond, pollTimeout, true, func(context.Context) (bool, error) {
+	err = wait.PollUntilContextTimeout(t.Context(), 100*time.Millisecond, testutil.Remaining(t), true, func(context.Context) (bool, error) {
 		if r.exited() {
 			return false, fmt.Errorf("%s exited: %v", r.name, r.waitErr)
 		}
@@ -377,7 +376,7 @@ func (r *replica) isLeader(t *testing.T, id string) bool {
 func waitForLeader(t *testing.T, id string, replicas ...*replica) *replica {
 	t.Helper()
 	var leader *replica
-	err := wait.PollUntilContextTimeout(t.Context(), 100*time.Millisecond, pollTimeout, true, func(context.Context) (bool, error) {
+	err := wait.PollUntilContextTimeout(t.Context(), 100*time.Millisecond, testutil.Remaining(t), true, func(context.Context) (bool, error) {
 		leader = nil
 		n := 0
 		for _, r := range replicas {
@@ -442,7 +441,8 @@ func (r request) file(ctx context.Context) error {
 	csr.Name = r.name
 	csr.Spec.Username, csr.Spec.Groups, csr.Spec.UID = "", nil, ""
 	var last error
-	err := wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, pollTimeout, true, func(ctx context.Context) (bool, error) {
+	// Until ctx ends (the caller's test deadline): no deadline of its own.
+	err := wait.PollUntilContextCancel(ctx, 200*time.Millisecond, true, func(ctx context.Context) (bool, error) {
 		_, last = r.client.CertificatesV1().CertificateSigningRequests().Create(ctx, csr, metav1.CreateOptions{})
 		switch {
 		case last == nil, apierrors.IsAlreadyExists(last):
@@ -523,7 +523,7 @@ func waitDecided(t *testing.T, reqs []request) map[string]*certificatesv1.Certif
 	t.Helper()
 	var all map[string]*certificatesv1.CertificateSigningRequest
 	var pending []string
-	err := wait.PollUntilContextTimeout(t.Context(), 500*time.Millisecond, pollTimeout, true, func(ctx context.Context) (bool, error) {
+	err := wait.PollUntilContextTimeout(t.Context(), 500*time.Millisecond, testutil.Remaining(t), true, func(ctx context.Context) (bool, error) {
 		list, err := admin.CertificatesV1().CertificateSigningRequests().List(ctx, metav1.ListOptions{})
 		if err != nil {
 			return false, nil // the API server may be restarting
