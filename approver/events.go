@@ -4,25 +4,33 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"time"
 
+	"golang.org/x/time/rate"
+	certificatesv1 "k8s.io/api/certificates/v1"
 	corev1 "k8s.io/api/core/v1"
 	eventsv1 "k8s.io/api/events/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/rand"
+	"k8s.io/client-go/util/workqueue"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/log"
 )
 
 // Component is the Event source and the owner of the approval conditions.
 const Component = "nodecsr"
 
-// EventRecorder writes one events.k8s.io/v1 Event per call, synchronously,
-// so that a decision's Event is written (or its failure counted) before the
-// reconcile ends; client-go's asynchronous recorders drop Events when their
-// queue is full, which is exactly when a renewal storm needs them.
+// EventRecorder writes one events.k8s.io/v1 Event per call, synchronously:
+// the caller knows whether it was written. client-go's asynchronous
+// recorders drop Events when their queue is full, which is exactly when a
+// renewal storm needs them; decision Events go through the eventWriter
+// below instead, which never drops one.
 type EventRecorder struct {
 	Client client.Client
 	// Instance identifies this replica (the pod name).
@@ -110,4 +118,317 @@ func truncateName(s string, n int) string {
 		s = "object"
 	}
 	return s
+}
+
+// The decision Event writer: the reconciler hands a decided CSR's Event to
+// it after the approval write and goes on to the next CSR, so a decision
+// costs the reconcile two requests in a row (the SubjectAccessReview and the
+// approval), not three. The writer keeps the Event until it is written:
+//
+//   - its own workers (a client-go work queue) write it, and retry a failed
+//     write with rate-limited backoff until it succeeds, through an API
+//     server outage;
+//   - at most maxPending Events wait; beyond that the reconciler waits for
+//     room (decisions slow to the pace of Event writes rather than lose
+//     Events);
+//   - on shutdown it drains for at most its drain bound; an Event still
+//     unwritten then is left to the next leader's repair pass
+//     (repairDecisionEvents), which records the decisions of the last
+//     repairWindow whose Event is missing.
+//
+// Every write goes through EventRecorder.Record with a name derived from the
+// CSR, so a retry of a write that did succeed (a timeout), a second hand-off
+// of the same decision or the repair pass finds the Event there and adds
+// none: one decision, one Event.
+
+// Defaults of the Event writer (Reconciler.EventWorkers, MaxPendingEvents,
+// EventDrainTimeout).
+const (
+	defaultEventWorkers      = 16
+	defaultMaxPendingEvents  = 10_000
+	defaultEventDrainTimeout = 5 * time.Second
+)
+
+// Retries of a failed Event write: per Event, exponential from
+// eventRetryBaseDelay to eventRetryMaxDelay; overall at most
+// eventRetryQPS retries a second (burst eventRetryBurst), so a backlog of
+// failures does not hammer an API server that is coming back.
+var (
+	eventRetryBaseDelay = 50 * time.Millisecond
+	eventRetryMaxDelay  = 5 * time.Second
+)
+
+const (
+	eventRetryQPS   = 100
+	eventRetryBurst = 1000
+	// lateEventTimeout bounds the inline write of an Event handed over after
+	// the writer stopped (a reconcile that finished during shutdown).
+	lateEventTimeout = 5 * time.Second
+)
+
+// eventQueueName names the writer's work queue in the workqueue_* metrics.
+const eventQueueName = "nodecsr-decision-events"
+
+// decisionEvent is one decision Event to write. csr holds only what the
+// Event needs of the CSR (name, UID, resource version), not its request.
+type decisionEvent struct {
+	csr      *certificatesv1.CertificateSigningRequest
+	condType certificatesv1.RequestConditionType
+	reason   string
+	message  string
+	// failed: a write failed at least once (counted once in EventErrors).
+	failed bool
+	// slot: it holds one of the writer's maxPending slots.
+	slot bool
+}
+
+// eventKey identifies a decision: a CSR has one, so one Event.
+type eventKey struct {
+	uid  types.UID
+	name string
+}
+
+func newDecisionEvent(csr *certificatesv1.CertificateSigningRequest, condType certificatesv1.RequestConditionType, reason, message string) *decisionEvent {
+	return &decisionEvent{
+		csr: &certificatesv1.CertificateSigningRequest{ObjectMeta: metav1.ObjectMeta{
+			Name: csr.Name, Namespace: csr.Namespace, UID: csr.UID, ResourceVersion: csr.ResourceVersion,
+		}},
+		condType: condType, reason: reason, message: message,
+	}
+}
+
+func (e *decisionEvent) key() eventKey { return eventKey{uid: e.csr.UID, name: e.csr.Name} }
+
+// eventWriter writes decision Events off the reconcile's critical path.
+type eventWriter struct {
+	write   func(ctx context.Context, e *decisionEvent) error
+	metrics *Metrics
+	workers int
+	drain   time.Duration
+	queue   workqueue.TypedRateLimitingInterface[eventKey]
+	// slots bounds the Events held (queued, being written or waiting for a
+	// retry) to its capacity.
+	slots chan struct{}
+
+	mu      sync.Mutex
+	pending map[eventKey]*decisionEvent
+	started bool
+	stopped bool
+	// idle is closed and replaced whenever pending becomes empty (tests and
+	// the drain wait on it).
+	idle chan struct{}
+}
+
+func newEventWriter(write func(context.Context, *decisionEvent) error, m *Metrics, workers, maxPending int, drain time.Duration) *eventWriter {
+	if workers <= 0 {
+		workers = defaultEventWorkers
+	}
+	if maxPending <= 0 {
+		maxPending = defaultMaxPendingEvents
+	}
+	if drain <= 0 {
+		drain = defaultEventDrainTimeout
+	}
+	limiter := workqueue.NewTypedMaxOfRateLimiter(
+		workqueue.NewTypedItemExponentialFailureRateLimiter[eventKey](eventRetryBaseDelay, eventRetryMaxDelay),
+		&workqueue.TypedBucketRateLimiter[eventKey]{Limiter: rate.NewLimiter(rate.Limit(eventRetryQPS), eventRetryBurst)},
+	)
+	return &eventWriter{
+		write: write, metrics: m, workers: workers, drain: drain,
+		queue:   workqueue.NewTypedRateLimitingQueueWithConfig(limiter, workqueue.TypedRateLimitingQueueConfig[eventKey]{Name: eventQueueName}),
+		slots:   make(chan struct{}, maxPending),
+		pending: map[eventKey]*decisionEvent{},
+		idle:    make(chan struct{}),
+	}
+}
+
+// enqueue hands an Event to the writer. It returns once the writer holds the
+// Event, waiting for room while maxPending Events are held (or until ctx is
+// done: the Event is then held beyond the bound rather than lost). After the
+// writer stopped it writes the Event itself.
+func (w *eventWriter) enqueue(ctx context.Context, e *decisionEvent) {
+	select {
+	case w.slots <- struct{}{}:
+		e.slot = true
+	default:
+		log.FromContext(ctx).V(1).Info("Waiting for room in the decision Event queue", "held", cap(w.slots))
+		select {
+		case w.slots <- struct{}{}:
+			e.slot = true
+		case <-ctx.Done():
+		}
+	}
+	w.mu.Lock()
+	if w.stopped {
+		w.mu.Unlock()
+		w.release(e)
+		w.writeLate(ctx, e)
+		return
+	}
+	k := e.key()
+	if _, ok := w.pending[k]; ok {
+		// The same decision handed over twice: it has its Event coming.
+		w.mu.Unlock()
+		w.release(e)
+		return
+	}
+	w.pending[k] = e
+	w.metrics.EventQueueDepth.Set(float64(len(w.pending)))
+	w.queue.Add(k)
+	w.mu.Unlock()
+}
+
+// writeLate writes an Event handed over after the writer stopped.
+func (w *eventWriter) writeLate(ctx context.Context, e *decisionEvent) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), lateEventTimeout)
+	defer cancel()
+	if err := w.write(ctx, e); err != nil {
+		w.metrics.EventErrors.Inc()
+		w.metrics.EventsAbandoned.WithLabelValues("Shutdown").Inc()
+		log.FromContext(ctx).Error(err, "Failed to record a decision Event during shutdown; the next leader's repair pass records it", "csr", e.csr.Name)
+	}
+}
+
+func (w *eventWriter) release(e *decisionEvent) {
+	if e.slot {
+		e.slot = false
+		<-w.slots
+	}
+}
+
+// done forgets a written (or abandoned) Event.
+func (w *eventWriter) done(k eventKey) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	e, ok := w.pending[k]
+	if !ok {
+		return
+	}
+	delete(w.pending, k)
+	w.release(e)
+	w.metrics.EventQueueDepth.Set(float64(len(w.pending)))
+	if len(w.pending) == 0 {
+		close(w.idle)
+		w.idle = make(chan struct{})
+	}
+}
+
+// depth is the number of Events held.
+func (w *eventWriter) depth() int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return len(w.pending)
+}
+
+// waitIdle waits until no Event is held, or ctx is done.
+func (w *eventWriter) waitIdle(ctx context.Context) bool {
+	for {
+		w.mu.Lock()
+		n, idle := len(w.pending), w.idle
+		w.mu.Unlock()
+		if n == 0 {
+			return true
+		}
+		select {
+		case <-idle:
+		case <-ctx.Done():
+			return false
+		}
+	}
+}
+
+// run writes Events until ctx is done, then drains for at most the drain
+// bound and leaves what is left to the repair pass. It runs once.
+func (w *eventWriter) run(ctx context.Context) error {
+	w.mu.Lock()
+	if w.started {
+		w.mu.Unlock()
+		return errors.New("the decision Event writer was started twice")
+	}
+	w.started = true
+	w.mu.Unlock()
+
+	l := log.FromContext(ctx).WithName("events")
+	writeCtx, stopWrites := context.WithCancel(log.IntoContext(context.WithoutCancel(ctx), l))
+	defer stopWrites()
+	var wg sync.WaitGroup
+	for range w.workers {
+		wg.Go(func() {
+			for w.processNext(writeCtx) {
+			}
+		})
+	}
+	<-ctx.Done()
+
+	// Drain: the reconcilers stop at the same time and may still hand over
+	// an Event or two; the drain bound keeps a dead API server from holding
+	// up the shutdown.
+	drainCtx, cancelDrain := context.WithTimeout(writeCtx, w.drain)
+	w.waitIdle(drainCtx)
+	cancelDrain()
+	w.mu.Lock()
+	w.stopped = true
+	w.queue.ShutDown()
+	w.mu.Unlock()
+	stopWrites()
+	wg.Wait()
+
+	w.mu.Lock()
+	left := len(w.pending)
+	for k, e := range w.pending {
+		delete(w.pending, k)
+		w.release(e)
+	}
+	w.metrics.EventQueueDepth.Set(0)
+	w.mu.Unlock()
+	if left > 0 {
+		w.metrics.EventsAbandoned.WithLabelValues("Shutdown").Add(float64(left))
+		l.Info("Stopped with decision Events unwritten; the next leader's repair pass records them", "unwritten", left, "drainTimeout", w.drain)
+	}
+	return nil
+}
+
+// processNext writes one Event; false when the queue is shut down.
+func (w *eventWriter) processNext(ctx context.Context) bool {
+	k, shutdown := w.queue.Get()
+	if shutdown {
+		return false
+	}
+	defer w.queue.Done(k)
+	w.mu.Lock()
+	e, ok := w.pending[k]
+	w.mu.Unlock()
+	if !ok {
+		w.queue.Forget(k)
+		return true
+	}
+	l := log.FromContext(ctx).WithValues("csr", e.csr.Name, "reason", e.reason)
+	err := w.write(ctx, e)
+	switch {
+	case err == nil:
+		if e.failed {
+			l.Info("Recorded a decision Event that had failed", "attempts", w.queue.NumRequeues(k)+1)
+		}
+		w.queue.Forget(k)
+		w.done(k)
+	case apierrors.IsInvalid(err) || apierrors.IsBadRequest(err):
+		// Retrying cannot help an Event the API server rejects as such.
+		if !e.failed {
+			w.metrics.EventErrors.Inc()
+		}
+		w.metrics.EventsAbandoned.WithLabelValues("Invalid").Inc()
+		l.Error(err, "The API server rejected a decision Event; it is not retried")
+		w.queue.Forget(k)
+		w.done(k)
+	default:
+		if !e.failed {
+			e.failed = true
+			w.metrics.EventErrors.Inc()
+			l.Error(err, "Failed to record the decision Event; it will be retried")
+		}
+		if ctx.Err() == nil {
+			w.queue.AddRateLimited(k)
+		}
+	}
+	return true
 }

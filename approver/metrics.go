@@ -18,6 +18,9 @@ type Metrics struct {
 	WriteConflicts   prometheus.Counter
 	EventErrors      prometheus.Counter
 	FactErrors       *prometheus.CounterVec
+	// EventQueueDepth and EventsAbandoned are the decision Event writer's.
+	EventQueueDepth prometheus.Gauge
+	EventsAbandoned *prometheus.CounterVec
 }
 
 // NewMetrics creates the approver's metrics and registers them with reg.
@@ -43,14 +46,22 @@ func NewMetrics(reg prometheus.Registerer, pending client.Reader) *Metrics {
 		}),
 		EventErrors: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "nodecsr_event_errors_total",
-			Help: "Decision Events that could not be written.",
+			Help: "Decision Events whose write failed (each counted once; the write is retried until it succeeds).",
 		}),
+		EventQueueDepth: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "nodecsr_event_queue_depth",
+			Help: "Decision Events handed to the Event writer and not yet written (queued, being written or waiting for a retry).",
+		}),
+		EventsAbandoned: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "nodecsr_events_abandoned_total",
+			Help: "Decision Events the Event writer gave up on, by reason (Shutdown: unwritten after the shutdown drain, left to the next leader's repair pass; Invalid: rejected by the API server).",
+		}, []string{"reason"}),
 		FactErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "nodecsr_fact_errors_total",
 			Help: "Failures to gather a cluster fact (SubjectAccessReview, node lookup, pending CSRs); the CSR is retried.",
 		}, []string{"fact"}),
 	}
-	collectors := []prometheus.Collector{m.Decisions, m.DecisionLatency, m.DecidedElsewhere, m.WriteConflicts, m.EventErrors, m.FactErrors}
+	collectors := []prometheus.Collector{m.Decisions, m.DecisionLatency, m.DecidedElsewhere, m.WriteConflicts, m.EventErrors, m.FactErrors, m.EventQueueDepth, m.EventsAbandoned}
 	if pending != nil {
 		collectors = append(collectors, pendingCollector{reader: pending, desc: prometheus.NewDesc(
 			"nodecsr_pending_csrs", "Kubelet client CSRs without a decision or certificate, from nodecsr's cache.", nil, nil)})
@@ -61,6 +72,8 @@ func NewMetrics(reg prometheus.Registerer, pending client.Reader) *Metrics {
 	m.WriteConflicts = Register(reg, m.WriteConflicts)
 	m.EventErrors = Register(reg, m.EventErrors)
 	m.FactErrors = Register(reg, m.FactErrors)
+	m.EventQueueDepth = Register(reg, m.EventQueueDepth)
+	m.EventsAbandoned = Register(reg, m.EventsAbandoned)
 	if pending != nil {
 		// The cache behind a collector is this instance's: replace an earlier one.
 		reg.Unregister(collectors[len(collectors)-1])

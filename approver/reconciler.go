@@ -46,8 +46,9 @@ const (
 // Reconciler decides pending kubelet client CSRs: it inspects the CSR once,
 // decides it statically, gathers only the cluster facts the undecided rules
 // need, decides it with them, throttles bootstrap approvals per requester,
-// writes one approval-subresource update, and records the decision as an
-// Event, a log line and metrics.
+// writes one approval-subresource update, and records the decision as a log
+// line, metrics and an Event, which it hands to its Event writer (events.go)
+// so that the next CSR does not wait for it.
 type Reconciler struct {
 	// Client reads CSRs from the cache and writes approvals and Events.
 	Client client.Client
@@ -66,11 +67,31 @@ type Reconciler struct {
 	Clock clock.PassiveClock
 	// Expiry, when set, is fed every issued kubelet client certificate.
 	Expiry *ExpiryTracker
+	// EventWorkers write the decision Events (default 16); at most
+	// MaxPendingEvents wait to be written (default 10000: beyond it a
+	// reconcile waits for room); on shutdown the writer drains for at most
+	// EventDrainTimeout (default 5s) and leaves the rest to the next
+	// leader's repair pass.
+	EventWorkers      int
+	MaxPendingEvents  int
+	EventDrainTimeout time.Duration
 
-	limiter  requesterLimiter
-	reported reportedSet
-	missed   missedEvents
-	reloads  chan event.TypedGenericEvent[*certificatesv1.CertificateSigningRequest]
+	limiter    requesterLimiter
+	reported   reportedSet
+	writerOnce sync.Once
+	writer     *eventWriter
+	reloads    chan event.TypedGenericEvent[*certificatesv1.CertificateSigningRequest]
+}
+
+// events is the decision Event writer, created on first use.
+func (r *Reconciler) events() *eventWriter {
+	r.writerOnce.Do(func() {
+		r.writer = newEventWriter(func(ctx context.Context, e *decisionEvent) error {
+			_, err := r.recordDecision(ctx, e)
+			return err
+		}, r.Metrics, r.EventWorkers, r.MaxPendingEvents, r.EventDrainTimeout)
+	})
+	return r.writer
 }
 
 // CacheOptions restricts the manager's cache to what the approver needs:
@@ -112,18 +133,18 @@ func (r *Reconciler) SetupWithManager(ctx context.Context, mgr ctrl.Manager, wor
 		UpdateFunc:  func(event.UpdateEvent) bool { return false },
 		GenericFunc: func(event.GenericEvent) bool { return false },
 	}
-	// A new leader first records the decision Events its predecessor may
-	// have died before writing, then keeps retrying the ones this replica
-	// failed to write (leader-elected runnable).
+	// The decision Event writer runs while this replica leads; it drains on
+	// the way out (leader-elected runnables).
+	if err := mgr.Add(manager.RunnableFunc(r.events().run)); err != nil {
+		return err
+	}
+	// A new leader records the decision Events its predecessor may have
+	// died (or stopped) before writing.
 	err := mgr.Add(manager.RunnableFunc(func(ctx context.Context) error {
 		if !mgr.GetCache().WaitForCacheSync(ctx) {
 			return nil // stopping
 		}
-		if err := r.repairDecisionEvents(ctx); err != nil {
-			return err
-		}
-		r.retryMissedEvents(ctx, missedEventRetry)
-		return nil
+		return r.repairDecisionEvents(ctx)
 	}))
 	if err != nil {
 		return err
@@ -304,25 +325,22 @@ func (r *Reconciler) record(ctx context.Context, policy *config.Effective, csr *
 	r.Metrics.Decisions.WithLabelValues(string(d.Verdict), d.Reason, string(d.Path)).Inc()
 	r.Metrics.DecisionLatency.WithLabelValues(string(d.Verdict)).Observe(now.Sub(csr.CreationTimestamp.Time).Seconds())
 	l.Info("Decided CSR", "decision", d.Verdict, "reason", d.Reason, "path", d.Path, "node", d.NodeName, "message", d.Message)
-	if err := r.recordDecision(ctx, csr, condType, d.Reason, d.Message); err != nil {
-		// The decision stands; its Event is retried until it is written.
-		r.Metrics.EventErrors.Inc()
-		l.Error(err, "Failed to record the decision Event; it will be retried")
-		r.missed.add(missedEvent{csr: csr.DeepCopy(), condType: condType, reason: d.Reason, message: d.Message})
-	}
+	// The Event is written by the Event writer, which holds it until it is
+	// written (retrying through an outage); the CSR is done.
+	r.events().enqueue(ctx, newDecisionEvent(csr, condType, d.Reason, d.Message))
 	return reconcile.Result{}, nil
 }
 
 // decisionEventKey names the one decision Event of a CSR (EventRecorder.Record).
 const decisionEventKey = "decision"
 
-func (r *Reconciler) recordDecision(ctx context.Context, csr *certificatesv1.CertificateSigningRequest, condType certificatesv1.RequestConditionType, reason, message string) error {
+// recordDecision writes a decision's Event, or finds it there (created false).
+func (r *Reconciler) recordDecision(ctx context.Context, e *decisionEvent) (created bool, err error) {
 	eventType, action := corev1.EventTypeNormal, "Approved"
-	if condType == certificatesv1.CertificateDenied {
+	if e.condType == certificatesv1.CertificateDenied {
 		eventType, action = corev1.EventTypeWarning, "Denied"
 	}
-	_, err := r.Events.Record(ctx, csr, decisionEventKey, "CertificateSigningRequest", certificatesv1.SchemeGroupVersion.String(), eventType, reason, action, message)
-	return err
+	return r.Events.Record(ctx, e.csr, decisionEventKey, "CertificateSigningRequest", certificatesv1.SchemeGroupVersion.String(), eventType, e.reason, action, e.message)
 }
 
 // conflict handles a write that lost a race: if someone else decided the CSR

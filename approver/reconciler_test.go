@@ -51,9 +51,19 @@ type harness struct {
 	client client.Client
 	auth   *fakeAuthorizer
 	policy *config.Effective
+	// stopEvents stops the Event writer (draining it) and returns when it
+	// has stopped; it runs at the end of the test too.
+	stopEvents func()
 }
 
 func newHarness(t *testing.T, policyYAML string, funcs interceptor.Funcs, objs ...client.Object) *harness {
+	t.Helper()
+	return newHarnessWith(t, policyYAML, funcs, nil, objs...)
+}
+
+// newHarnessWith is newHarness with configure applied to the Reconciler
+// before its Event writer starts.
+func newHarnessWith(t *testing.T, policyYAML string, funcs interceptor.Funcs, configure func(*Reconciler), objs ...client.Object) *harness {
 	t.Helper()
 	scheme := runtime.NewScheme()
 	if err := clientgoscheme.AddToScheme(scheme); err != nil {
@@ -87,8 +97,34 @@ func newHarness(t *testing.T, policyYAML string, funcs interceptor.Funcs, objs .
 		Events:  &EventRecorder{Client: c, Instance: "test", Namespace: "default"},
 		Metrics: NewMetrics(prometheus.NewRegistry(), nil),
 		Clock:   clk,
+		// A test that stops the writer with Events it cannot write does not
+		// wait the default 5s.
+		EventDrainTimeout: time.Second,
 	}
+	if configure != nil {
+		configure(h.r)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	stopped := make(chan struct{})
+	go func() {
+		defer close(stopped)
+		if err := h.r.events().run(ctx); err != nil {
+			t.Errorf("Event writer: %v", err)
+		}
+	}()
+	h.stopEvents = func() { cancel(); <-stopped }
+	t.Cleanup(h.stopEvents)
 	return h
+}
+
+// settle waits until the Event writer holds no Event.
+func (h *harness) settle(t *testing.T) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	if !h.r.events().waitIdle(ctx) {
+		t.Fatalf("%d decision Events still unwritten after 10s", h.r.events().depth())
+	}
 }
 
 func (h *harness) reconcile(t *testing.T, name string) reconcile.Result {
@@ -109,7 +145,15 @@ func (h *harness) csr(t *testing.T, name string) *certificatesv1.CertificateSign
 	return csr
 }
 
+// events lists the Events once the Event writer has written what it holds.
 func (h *harness) events(t *testing.T) []eventsv1.Event {
+	t.Helper()
+	h.settle(t)
+	return h.eventsNow(t)
+}
+
+// eventsNow lists the Events written so far.
+func (h *harness) eventsNow(t *testing.T) []eventsv1.Event {
 	t.Helper()
 	var list eventsv1.EventList
 	if err := h.client.List(t.Context(), &list); err != nil {
@@ -359,33 +403,5 @@ func TestRepairRecordsMissingDecisionEventsOnce(t *testing.T) {
 	}
 	if byCSR["lost"] != 1 || byCSR["pending"] != 1 || byCSR["old"] != 0 || byCSR["by-hand"] != 0 {
 		t.Fatalf("decision Events per CSR: %v", byCSR)
-	}
-}
-
-func TestFailedDecisionEventIsRetried(t *testing.T) {
-	csr := csrtest.Build(csrtest.WithName("outage"))
-	csr.UID = "outage-uid"
-	failing := true
-	h := newHarness(t, "", interceptor.Funcs{
-		Create: func(ctx context.Context, c client.WithWatch, obj client.Object, opts ...client.CreateOption) error {
-			if _, ok := obj.(*eventsv1.Event); ok && failing {
-				return apierrors.NewServiceUnavailable("the API server is restarting")
-			}
-			return c.Create(ctx, obj, opts...)
-		},
-	}, csr)
-	h.reconcile(t, "outage")
-	if c := h.csr(t, "outage").Status.Conditions; len(c) != 1 {
-		t.Fatalf("the decision must stand without its Event: %+v", c)
-	}
-	h.r.retryMissedEventsOnce(t.Context())
-	if ev := h.events(t); len(ev) != 0 {
-		t.Fatalf("events while the API server is away: %+v", ev)
-	}
-	failing = false
-	h.r.retryMissedEventsOnce(t.Context())
-	h.r.retryMissedEventsOnce(t.Context())
-	if ev := h.events(t); len(ev) != 1 || ev[0].Reason != ReasonRenewalApproved {
-		t.Fatalf("events after the retry: %+v", ev)
 	}
 }

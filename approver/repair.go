@@ -4,22 +4,29 @@ import (
 	"context"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	certificatesv1 "k8s.io/api/certificates/v1"
-	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/log"
 )
 
 // repairWindow is how far back a new leader looks for decisions whose Event
 // may be missing: a leader that dies between writing a decision and its
-// Event leaves such a CSR, and only in its last moments.
+// Event (still queued in its Event writer, or being retried through an
+// outage) leaves such a CSR, and only in its last moments.
 const repairWindow = 2 * time.Minute
+
+// repairWorkers write the repaired Events in parallel: the pass tries every
+// decision of the window (most find their Event there), and the newest
+// decisions, the likeliest to miss their Event, go first.
+const repairWorkers = 8
 
 // repairDecisionEvents records the decision Event of every CSR that nodecsr
 // decided within repairWindow and whose Event is missing. Decision Events
 // have names derived from the CSR, so the ones that exist are found, not
-// doubled. It runs once, when this replica becomes the leader.
+// doubled. It runs once, when this replica becomes the leader; an Event it
+// fails to write goes to the Event writer, which retries it.
 func (r *Reconciler) repairDecisionEvents(ctx context.Context) error {
 	var list certificatesv1.CertificateSigningRequestList
 	if err := r.Client.List(ctx, &list); err != nil {
@@ -27,7 +34,12 @@ func (r *Reconciler) repairDecisionEvents(ctx context.Context) error {
 	}
 	ours := AllReasons()
 	since := r.Clock.Now().Add(-repairWindow)
-	repaired := 0
+	type candidate struct {
+		csr *certificatesv1.CertificateSigningRequest
+		at  time.Time
+		e   *decisionEvent
+	}
+	var todo []candidate
 	for i := range list.Items {
 		csr := &list.Items[i]
 		for _, c := range csr.Status.Conditions {
@@ -37,97 +49,45 @@ func (r *Reconciler) repairDecisionEvents(ctx context.Context) error {
 			if !slices.Contains(ours, c.Reason) || c.LastUpdateTime.Time.Before(since) {
 				continue
 			}
-			eventType, action := "Normal", "Approved"
-			if c.Type == certificatesv1.CertificateDenied {
-				eventType, action = "Warning", "Denied"
-			}
-			created, err := r.Events.Record(ctx, csr, decisionEventKey, "CertificateSigningRequest", certificatesv1.SchemeGroupVersion.String(), eventType, c.Reason, action, c.Message)
-			if err != nil {
-				r.Metrics.EventErrors.Inc()
-				log.FromContext(ctx).Error(err, "Failed to repair a decision Event", "csr", csr.Name)
-				continue
-			}
-			if created {
-				repaired++
-			}
+			todo = append(todo, candidate{csr: csr, at: c.LastUpdateTime.Time, e: newDecisionEvent(csr, c.Type, c.Reason, c.Message)})
+			break // one decision, one Event
 		}
 	}
-	if repaired > 0 {
-		log.FromContext(ctx).Info("Recorded decision Events a previous leader did not", "count", repaired)
+	slices.SortFunc(todo, func(a, b candidate) int { return b.at.Compare(a.at) })
+
+	l := log.FromContext(ctx)
+	var repaired atomic.Int32
+	next := make(chan candidate)
+	var wg sync.WaitGroup
+	for range min(repairWorkers, len(todo)) {
+		wg.Go(func() {
+			for c := range next {
+				created, err := r.recordDecision(ctx, c.e)
+				switch {
+				case err != nil && ctx.Err() != nil:
+					// Stopping: the next leader repairs it.
+				case err != nil:
+					l.Error(err, "Failed to repair a decision Event; it will be retried", "csr", c.csr.Name)
+					r.events().enqueue(ctx, c.e)
+				case created:
+					repaired.Add(1)
+					l.Info("Recorded a decision Event a previous leader did not", "csr", c.csr.Name, "reason", c.e.reason, "decidedAt", c.at)
+				}
+			}
+		})
+	}
+feed:
+	for _, c := range todo {
+		select {
+		case next <- c:
+		case <-ctx.Done():
+			break feed
+		}
+	}
+	close(next)
+	wg.Wait()
+	if n := repaired.Load(); n > 0 || len(todo) > 0 {
+		l.Info("Repaired the decision Events of recent decisions", "checked", len(todo), "recorded", n, "window", repairWindow)
 	}
 	return nil
-}
-
-// missedEventRetry is how often decision Events that could not be written
-// (the API server was away) are tried again.
-const missedEventRetry = 2 * time.Second
-
-// maxMissedEvents bounds the retry set; beyond it the oldest failures are
-// only counted (nodecsr_event_errors_total) and logged.
-const maxMissedEvents = 50_000
-
-type missedEvent struct {
-	csr      *certificatesv1.CertificateSigningRequest
-	condType certificatesv1.RequestConditionType
-	reason   string
-	message  string
-}
-
-// missedEvents holds decision Events that failed to be written.
-type missedEvents struct {
-	mu    sync.Mutex
-	items map[types.UID]missedEvent
-}
-
-func (m *missedEvents) add(e missedEvent) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if m.items == nil {
-		m.items = map[types.UID]missedEvent{}
-	}
-	if len(m.items) < maxMissedEvents {
-		m.items[e.csr.UID] = e
-	}
-}
-
-func (m *missedEvents) snapshot() []missedEvent {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	out := make([]missedEvent, 0, len(m.items))
-	for _, e := range m.items {
-		out = append(out, e)
-	}
-	return out
-}
-
-func (m *missedEvents) done(uid types.UID) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	delete(m.items, uid)
-}
-
-// retryMissedEvents writes the decision Events that failed, every interval,
-// until ctx is done. Their names are derived from the CSR, so an Event that
-// was in fact written is found, not doubled.
-func (r *Reconciler) retryMissedEvents(ctx context.Context, interval time.Duration) {
-	t := time.NewTicker(interval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-		r.retryMissedEventsOnce(ctx)
-	}
-}
-
-func (r *Reconciler) retryMissedEventsOnce(ctx context.Context) {
-	for _, e := range r.missed.snapshot() {
-		if err := r.recordDecision(ctx, e.csr, e.condType, e.reason, e.message); err != nil {
-			return // the API server is still away; try again later
-		}
-		r.missed.done(e.csr.UID)
-		log.FromContext(ctx).Info("Recorded a decision Event that had failed", "csr", e.csr.Name, "reason", e.reason)
-	}
 }

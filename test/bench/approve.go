@@ -601,9 +601,9 @@ func parsePatterns(s string) ([]pattern, error) {
 func (p pattern) describe() string {
 	switch p {
 	case patternNodecsr:
-		return "nodecsr's three requests (SubjectAccessReview, UpdateApproval, events.k8s.io Event) one after another"
+		return "the three requests (SubjectAccessReview, UpdateApproval, events.k8s.io Event) one after another (nodecsr's pattern before its Event writer)"
 	case patternAsyncEvent:
-		return fmt.Sprintf("a SubjectAccessReview and UpdateApproval, the Event handed to %d separate Event writers", asyncEventWriters)
+		return fmt.Sprintf("a SubjectAccessReview and UpdateApproval, the Event handed to %d separate Event writers (nodecsr's pattern)", asyncEventWriters)
 	case patternNoEvent:
 		return "a SubjectAccessReview and UpdateApproval, no Event"
 	}

@@ -95,6 +95,14 @@ func checkTargets(r *report) []target {
 			target{Name: "throughput vs bare loop", Goal: ">= 50%",
 				Measured: fmt.Sprintf("%.0f%% (%.1f/s vs %.1f/s)", 100*a.NodecsrVsBare, a.Nodecsr.RatePerSecond, a.Bare.RatePerSecond),
 				Met:      a.NodecsrVsBare >= 0.5})
+		for _, pt := range a.Patterns {
+			if strings.HasSuffix(pt.Name, string(patternAsyncEvent)) {
+				r := ratio(a.Nodecsr.RatePerSecond, pt.RatePerSecond)
+				ts = append(ts, target{Name: "throughput vs the bare loop with nodecsr's request pattern (async Event)", Goal: ">= 90%",
+					Measured: fmt.Sprintf("%.0f%% (%.1f/s vs %.1f/s)", 100*r, a.Nodecsr.RatePerSecond, pt.RatePerSecond),
+					Met:      r >= 0.9})
+			}
+		}
 	}
 	if s := r.Storm; s != nil {
 		ts = append(ts, target{Name: fmt.Sprintf("storm of %d: all decided, p99 creation-to-decision", s.N), Goal: "all, < 30 s",
