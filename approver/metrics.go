@@ -2,8 +2,6 @@ package approver
 
 import (
 	"context"
-	"errors"
-	"fmt"
 
 	"github.com/prometheus/client_golang/prometheus"
 	certificatesv1 "k8s.io/api/certificates/v1"
@@ -66,36 +64,8 @@ func NewMetrics(reg prometheus.Registerer, pending client.Reader) *Metrics {
 		collectors = append(collectors, pendingCollector{reader: pending, desc: prometheus.NewDesc(
 			"nodecsr_pending_csrs", "Kubelet client CSRs without a decision or certificate, from nodecsr's cache.", nil, nil)})
 	}
-	m.Decisions = Register(reg, m.Decisions)
-	m.DecisionLatency = Register(reg, m.DecisionLatency)
-	m.DecidedElsewhere = Register(reg, m.DecidedElsewhere)
-	m.WriteConflicts = Register(reg, m.WriteConflicts)
-	m.EventErrors = Register(reg, m.EventErrors)
-	m.FactErrors = Register(reg, m.FactErrors)
-	m.EventQueueDepth = Register(reg, m.EventQueueDepth)
-	m.EventsAbandoned = Register(reg, m.EventsAbandoned)
-	if pending != nil {
-		// The cache behind a collector is this instance's: replace an earlier one.
-		reg.Unregister(collectors[len(collectors)-1])
-		reg.MustRegister(collectors[len(collectors)-1])
-	}
+	reg.MustRegister(collectors...)
 	return m
-}
-
-// Register registers c, or returns the collector already registered under
-// the same name: a controller restarted in the same process (tests) keeps
-// counting in the same series.
-func Register[C prometheus.Collector](reg prometheus.Registerer, c C) C {
-	if err := reg.Register(c); err != nil {
-		var are prometheus.AlreadyRegisteredError
-		if errors.As(err, &are) {
-			if existing, ok := are.ExistingCollector.(C); ok {
-				return existing
-			}
-		}
-		panic(fmt.Sprintf("failed to register metric: %v", err))
-	}
-	return c
 }
 
 // pendingCollector counts pending CSRs in the cache when scraped.

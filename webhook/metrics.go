@@ -2,7 +2,6 @@ package webhook
 
 import (
 	"context"
-	"errors"
 	"fmt"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -58,17 +57,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		return m, nil
 	}
 	if err := reg.Register(m.admissions); err != nil {
-		// A second Register in the same process (tests, a restarted
-		// manager) keeps counting in the registered series.
-		var are prometheus.AlreadyRegisteredError
-		if !errors.As(err, &are) {
-			return nil, fmt.Errorf("failed to register nodecsr_admission_total: %w", err)
-		}
-		existing, ok := are.ExistingCollector.(*prometheus.CounterVec)
-		if !ok {
-			return nil, fmt.Errorf("failed to register nodecsr_admission_total: %w", err)
-		}
-		m.admissions = existing
+		return nil, fmt.Errorf("failed to register nodecsr_admission_total: %w", err)
 	}
 	return m, nil
 }

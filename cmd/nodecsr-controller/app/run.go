@@ -26,10 +26,8 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/client-go/tools/leaderelection/resourcelock"
 	"k8s.io/utils/clock"
-	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	ctrlconfig "sigs.k8s.io/controller-runtime/pkg/config"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 	"sigs.k8s.io/controller-runtime/pkg/manager"
@@ -227,7 +225,6 @@ func RunWithConfig(ctx context.Context, o *Options, cfg *rest.Config) error {
 		LeaseDuration:                       &o.LeaseDuration,
 		RenewDeadline:                       &o.RenewDeadline,
 		RetryPeriod:                         &o.RetryPeriod,
-		Controller:                          ctrlconfig.Controller{SkipNameValidation: ptr.To(true)},
 		Logger:                              log,
 	})
 	if err != nil {
@@ -249,12 +246,9 @@ func RunWithConfig(ctx context.Context, o *Options, cfg *rest.Config) error {
 		Metrics: approver.NewMetrics(ctrlmetrics.Registry, mgr.GetCache()),
 		Expiry:  &approver.ExpiryTracker{Horizon: o.CertificateExpiryHorizon},
 	}
-	// Replace the collector of an earlier run in the same process (tests).
-	ctrlmetrics.Registry.Unregister(r.Expiry)
 	if err := ctrlmetrics.Registry.Register(r.Expiry); err != nil {
 		return fmt.Errorf("failed to register the expiry metrics: %w", err)
 	}
-	defer ctrlmetrics.Registry.Unregister(r.Expiry)
 	if err := r.SetupWithManager(ctx, mgr, o.MaxConcurrentReconciles); err != nil {
 		return err
 	}
@@ -359,12 +353,11 @@ func newPolicyMetrics(reg prometheus.Registerer) *policyMetrics {
 			Help: "The policy in force: 1 for its digest.",
 		}, []string{"digest"}),
 	}
-	m.reloads = approver.Register(reg, m.reloads)
+	reg.MustRegister(m.reloads, m.info)
 	// Both series exist from the start, so that the first failed reload is an
 	// increase an alert sees (increase() ignores a series' first sample).
 	m.reloads.WithLabelValues("success")
 	m.reloads.WithLabelValues("error")
-	m.info = approver.Register(reg, m.info)
 	return m
 }
 
