@@ -29,6 +29,8 @@ func BenchmarkEvaluate(b *testing.B) {
 	p := config.Default()
 	for name, bc := range cases {
 		csr, facts := newCSR(bc.opts...), goodFacts(bc.path)
+		// A live heartbeat: the takeover of a live node is refused.
+		facts.NodeHeartbeat, facts.Now = ptr(now), now
 		if d := evaluate(p, csr, facts); d.Verdict != bc.want {
 			b.Fatalf("%s: %s %s", name, d.Verdict, d.Message)
 		}
