@@ -194,13 +194,22 @@ the values to change. Included by the Deployment, which every install has.
 {{/*
 Parts of the webhook configurations (webhook.yaml).
 */}}
+{{- /* Takes (dict "root" $ "hook" bool): with hook, the metadata of the
+       pre-delete hook copy (webhook.yaml). */}}
 {{- define "nodecsr.webhookMeta" -}}
-name: {{ include "nodecsr.fullname" . }}
+{{- $r := .root -}}
+name: {{ include "nodecsr.fullname" $r }}
 labels:
-  {{- include "nodecsr.labels" . | nindent 2 }}
-{{- if .Values.webhook.certManager.enabled }}
+  {{- include "nodecsr.labels" $r | nindent 2 }}
+{{- if or $r.Values.webhook.certManager.enabled .hook }}
 annotations:
-  cert-manager.io/inject-ca-from: {{ printf "%s/%s" .Release.Namespace (include "nodecsr.servingCertificateName" .) }}
+  {{- if $r.Values.webhook.certManager.enabled }}
+  cert-manager.io/inject-ca-from: {{ printf "%s/%s" $r.Release.Namespace (include "nodecsr.servingCertificateName" $r) }}
+  {{- end }}
+  {{- if .hook }}
+  helm.sh/hook: pre-delete
+  helm.sh/hook-delete-policy: before-hook-creation,hook-succeeded
+  {{- end }}
 {{- end }}
 {{- end }}
 {{- define "nodecsr.webhookClientConfig" -}}

@@ -4,9 +4,11 @@ import (
 	"context"
 	"net/http"
 	"os"
+	"slices"
 	"strings"
 	"testing"
 
+	"helm.sh/helm/v3/pkg/release"
 	appsv1 "k8s.io/api/apps/v1"
 	authorizationv1 "k8s.io/api/authorization/v1"
 	certificatesv1 "k8s.io/api/certificates/v1"
@@ -85,6 +87,11 @@ func TestInstallIntoRealAPIServer(t *testing.T) {
 				t.Errorf("the API server refuses the Deployment's pod in a restricted namespace: %v", err)
 			}
 			for _, h := range rel.Hooks {
+				// Only the test hooks: the pre-delete hooks are copies of
+				// the installed webhook configurations (same names).
+				if !slices.Contains(h.Events, release.HookTest) {
+					continue
+				}
 				for _, o := range decodeManifests(t, h.Manifest) {
 					o.SetNamespace(ns)
 					if err := kclient.Create(ctx, o, client.DryRunAll); err != nil {

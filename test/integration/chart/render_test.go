@@ -91,7 +91,11 @@ func TestRenderDefaults(t *testing.T) {
 		"FlowSchema/" + fullname,
 	}
 	assertSameSet(t, "objects", kinds(r.objs), want)
-	assertSameSet(t, "hooks", kinds(r.hooks), []string{"ConfigMap/" + ns + "/" + fullname + "-test", "Pod/" + ns + "/" + fullname + "-test"})
+	assertSameSet(t, "hooks", kinds(r.hooks), []string{
+		"ConfigMap/" + ns + "/" + fullname + "-test", "Pod/" + ns + "/" + fullname + "-test",
+		"MutatingWebhookConfiguration/" + fullname, "ValidatingWebhookConfiguration/" + fullname,
+	})
+	assertPreDeleteCopies(t, r)
 	assertCommonLabels(t, r.objs, rel)
 
 	// The policy is the default policy, and it loads.
@@ -220,9 +224,9 @@ func TestRenderNonDefaultValues(t *testing.T) {
 		"FlowSchema/" + fullname,
 	}
 	assertSameSet(t, "objects", kinds(r.objs), want)
-	if len(r.hooks) != 0 {
-		t.Errorf("tests.enabled=false still renders hooks %v", kinds(r.hooks))
-	}
+	assertSameSet(t, "hooks (tests.enabled=false: the webhooks' pre-delete copies only)", kinds(r.hooks),
+		[]string{"MutatingWebhookConfiguration/" + fullname, "ValidatingWebhookConfiguration/" + fullname})
+	assertPreDeleteCopies(t, r)
 	assertCommonLabels(t, r.objs, rel)
 
 	// The strict policy loads, with the quoted all-digit token ID intact.
@@ -880,5 +884,37 @@ func TestRenderOffline(t *testing.T) {
 	})
 	if err == nil || !strings.Contains(err.Error(), "nodecsr needs Kubernetes 1.30 or later") {
 		t.Errorf("an old cluster: got %v, want the 1.30 message", err)
+	}
+}
+
+// assertPreDeleteCopies checks the webhook configurations' pre-delete hooks
+// (webhook.yaml): each is the release's configuration of that kind and
+// name, identical but for the hook annotations, so that `helm uninstall`
+// removes the configurations first and `helm template | kubectl apply`
+// applies the same object twice.
+func assertPreDeleteCopies(t *testing.T, r *rendered) {
+	t.Helper()
+	for _, kind := range []string{"MutatingWebhookConfiguration", "ValidatingWebhookConfiguration"} {
+		objs, hooks := ofKind(r.objs, kind), ofKind(r.hooks, kind)
+		if len(objs) != 1 || len(hooks) != 1 {
+			t.Errorf("%d %s objects and %d hooks, want one each", len(objs), kind, len(hooks))
+			continue
+		}
+		hook := hooks[0].DeepCopy()
+		ann := hook.GetAnnotations()
+		if ann["helm.sh/hook"] != "pre-delete" || ann["helm.sh/hook-delete-policy"] != "before-hook-creation,hook-succeeded" {
+			t.Errorf("%s hook annotations %v, want pre-delete with before-hook-creation,hook-succeeded", kind, ann)
+		}
+		delete(ann, "helm.sh/hook")
+		delete(ann, "helm.sh/hook-delete-policy")
+		if len(ann) == 0 {
+			ann = nil
+		}
+		hook.SetAnnotations(ann)
+		if !equality.Semantic.DeepEqual(hook.Object, objs[0].Object) {
+			want, _ := yaml.Marshal(objs[0].Object)
+			got, _ := yaml.Marshal(hook.Object)
+			t.Errorf("the pre-delete copy of %s differs from the release's:\n%s\nwant:\n%s", kind, got, want)
+		}
 	}
 }
