@@ -293,7 +293,7 @@ func (s *suite) rotation(ctx context.Context, t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	oldCert := parseCert(t, old.CertPEM)
+	oldCert := env.ParseCert(t, old.CertPEM)
 	// The node registered itself with this certificate earlier.
 	nodeClient := kubernetes.NewForConfigOrDie(tc.ConfigFromKeyPair(old.CertPEM, old.KeyPEM))
 	registerNode(ctx, t, nodeClient, node)
@@ -366,7 +366,7 @@ func (s *suite) recovery(ctx context.Context, t *testing.T) {
 	if err := k.SeedClientCert(expired.CertPEM, expired.KeyPEM); err != nil {
 		t.Fatal(err)
 	}
-	expiredCert := parseCert(t, expired.CertPEM)
+	expiredCert := env.ParseCert(t, expired.CertPEM)
 	// Hours pass in a real recovery. Here at least the second of the first
 	// CSR's creationTimestamp must have passed: within one second, CSRs of
 	// one requester are ordered by name, and nodecsr would take the first,
@@ -750,19 +750,6 @@ func waitLog(ctx context.Context, t *testing.T, k *cluster.Kubelet, words ...str
 		t.Fatalf("the kubelet's log (%s) never mentions %s: %v", k.LogPath(), strings.Join(words, " or "), err)
 	}
 	return found
-}
-
-func parseCert(t *testing.T, certPEM []byte) *x509.Certificate {
-	t.Helper()
-	block, _ := pem.Decode(certPEM)
-	if block == nil {
-		t.Fatal("no PEM certificate")
-	}
-	cert, err := x509.ParseCertificate(block.Bytes)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return cert
 }
 
 func parseCSR(request []byte) (*x509.CertificateRequest, error) {

@@ -16,7 +16,6 @@ import (
 	"crypto/x509"
 	"encoding/base64"
 	"encoding/json"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"net/url"
@@ -123,7 +122,7 @@ func TestNodecsrPodApprovesItsNodesRenewal(t *testing.T) {
 	if err := k.SeedClientCert(old.CertPEM, old.KeyPEM); err != nil {
 		t.Fatal(err)
 	}
-	oldCert := parseCert(t, old.CertPEM)
+	oldCert := env.ParseCert(t, old.CertPEM)
 	if err := k.Restart(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -923,19 +922,6 @@ func podSummary(p *corev1.Pod) string {
 		}
 	}
 	return b.String()
-}
-
-func parseCert(t *testing.T, certPEM []byte) *x509.Certificate {
-	t.Helper()
-	block, _ := pem.Decode(certPEM)
-	if block == nil {
-		t.Fatal("no PEM certificate")
-	}
-	cert, err := x509.ParseCertificate(block.Bytes)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return cert
 }
 
 // waitRenewed waits until the kubelet uses a certificate other than old,
