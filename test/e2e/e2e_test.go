@@ -64,50 +64,34 @@ var (
 	binDir string
 )
 
-func TestMain(m *testing.M) { os.Exit(runTests(m)) }
-
-func runTests(m *testing.M) int {
+func TestMain(m *testing.M) {
 	start := time.Now()
-	defer func() {
-		fmt.Fprintf(os.Stderr, "e2e suite wall time: %s\n", time.Since(start).Round(100*time.Millisecond))
-	}()
-	dir, err := os.MkdirTemp("", "nodecsr-e2e-bin-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "FAIL:", err)
-		return 1
-	}
-	defer func() { _ = os.RemoveAll(dir) }()
-	if err := build(dir); err != nil {
-		fmt.Fprintln(os.Stderr, "FAIL:", err)
-		return 1
-	}
-	binDir = dir
-	return cluster.RunTests(m, cluster.Options{}, func(c *cluster.Cluster) error {
-		tc, admin = c, c.AdminClient()
-		scheme := runtime.NewScheme()
-		for _, add := range []func(*runtime.Scheme) error{clientgoscheme.AddToScheme, apiextensionsv1.AddToScheme, cmapi.AddToScheme} {
-			if err := add(scheme); err != nil {
-				return err
-			}
-		}
-		var err error
-		if kclient, err = client.New(c.AdminConfig(), client.Options{Scheme: scheme}); err != nil {
-			return err
-		}
-		ctx, cancel := testutil.MainContext()
-		defer cancel()
-		// The CRDs first, long before the chart creates its Issuers and
-		// Certificates (the API server delays the first create of a custom
-		// resource right after its CRD becomes Established).
-		if err := env.InstallCertManagerCRDs(ctx, kclient); err != nil {
-			return err
-		}
-		return c.ApplyKubeadmRBAC(ctx)
-	})
+	code := env.Main(m, env.MainOptions{Build: []string{"./cmd/nodecsr-controller", "./cmd/nodecsr-request"}, Setup: setup})
+	fmt.Fprintf(os.Stderr, "e2e suite wall time: %s\n", time.Since(start).Round(100*time.Millisecond))
+	os.Exit(code)
 }
 
-// build builds the real binaries into dir.
-func build(dir string) error { return cluster.BuildBinaries(context.Background(), dir) }
+func setup(s *env.Suite) error {
+	c := s.Cluster
+	tc, admin, binDir = c, c.AdminClient(), s.Binary("")
+	scheme := runtime.NewScheme()
+	for _, add := range []func(*runtime.Scheme) error{clientgoscheme.AddToScheme, apiextensionsv1.AddToScheme, cmapi.AddToScheme} {
+		if err := add(scheme); err != nil {
+			return err
+		}
+	}
+	var err error
+	if kclient, err = client.New(c.AdminConfig(), client.Options{Scheme: scheme}); err != nil {
+		return err
+	}
+	// The CRDs first, long before the chart creates its Issuers and
+	// Certificates (the API server delays the first create of a custom
+	// resource right after its CRD becomes Established).
+	if err := env.InstallCertManagerCRDs(s.Context(), kclient); err != nil {
+		return err
+	}
+	return c.ApplyKubeadmRBAC(s.Context())
+}
 
 // TestNodeCSREndToEnd installs nodecsr as a cluster operator would, then
 // nodes join and renew through it and attackers are turned away, each

@@ -71,7 +71,6 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/nodecsr/nodecsr/approver"
-	"github.com/nodecsr/nodecsr/internal/testutil"
 	"github.com/nodecsr/nodecsr/test/cluster"
 	"github.com/nodecsr/nodecsr/test/env"
 )
@@ -93,30 +92,14 @@ var (
 	binDir string
 )
 
-func TestMain(m *testing.M) { os.Exit(runTests(m)) }
-
-func runTests(m *testing.M) int {
+func TestMain(m *testing.M) {
 	start := time.Now()
-	defer func() {
-		fmt.Fprintf(os.Stderr, "kubelet suite wall time: %s\n", time.Since(start).Round(100*time.Millisecond))
-	}()
-	dir, err := os.MkdirTemp("", "nodecsr-kubelet-bin-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "FAIL:", err)
-		return 1
-	}
-	defer func() { _ = os.RemoveAll(dir) }()
-	if err := cluster.BuildBinaries(context.Background(), dir, "./cmd/nodecsr-controller"); err != nil {
-		fmt.Fprintln(os.Stderr, "FAIL:", err)
-		return 1
-	}
-	binDir = dir
-	return cluster.RunTests(m, cluster.Options{}, func(c *cluster.Cluster) error {
-		tc, admin = c, c.AdminClient()
-		ctx, cancel := testutil.MainContext()
-		defer cancel()
-		return c.ApplyKubeadmRBAC(ctx)
-	})
+	code := env.Main(m, env.MainOptions{Build: []string{"./cmd/nodecsr-controller"}, Setup: func(s *env.Suite) error {
+		tc, admin, binDir = s.Cluster, s.Cluster.AdminClient(), s.Binary("")
+		return s.Cluster.ApplyKubeadmRBAC(s.Context())
+	}})
+	fmt.Fprintf(os.Stderr, "kubelet suite wall time: %s\n", time.Since(start).Round(100*time.Millisecond))
+	os.Exit(code)
 }
 
 // suite is what TestKubelet set up for its cases.
