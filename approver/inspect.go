@@ -84,10 +84,6 @@ func Inspect(p *config.Effective, csr *certificatesv1.CertificateSigningRequest)
 	return r
 }
 
-// Parsed reports whether the request's structure parsed (its key may still
-// be one crypto/x509 does not support).
-func (r *Request) Parsed() bool { return r.req != nil }
-
 // x509Parsed reports whether crypto/x509 parsed the request.
 func (r *Request) x509Parsed() bool { return r.req != nil && r.req.cr != nil }
 

@@ -141,15 +141,6 @@ var ruleIndex = func() map[string]int {
 // Rules returns a copy of the rule table, in order.
 func Rules() []Rule { return append([]Rule(nil), rules[:]...) }
 
-// RuleFor returns the row of the check named name.
-func RuleFor(name string) (Rule, bool) {
-	i, ok := ruleIndex[name]
-	if !ok {
-		return Rule{}, false
-	}
-	return rules[i], true
-}
-
 // notParsed is the skip message of a rule that needs the parsed request.
 func (e *evaluation) notParsed() Outcome {
 	switch {

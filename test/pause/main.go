@@ -32,6 +32,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 	"github.com/google/go-containerregistry/pkg/v1/types"
+
+	"github.com/nodecsr/nodecsr/internal/image"
 )
 
 // DefaultRef is the image reference of the sandbox image.
@@ -58,8 +60,7 @@ func run(ctx context.Context, args []string) error {
 	if fs.NArg() > 0 {
 		return fmt.Errorf("unexpected arguments %q", fs.Args())
 	}
-	tag, err := name.NewTag(*ref)
-	if err != nil {
+	if _, err := name.NewTag(*ref); err != nil {
 		return fmt.Errorf("invalid --ref %q: %w", *ref, err)
 	}
 	dir, err := os.MkdirTemp("", "nodecsr-pause-")
@@ -79,22 +80,14 @@ func run(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	if err := os.MkdirAll(filepath.Dir(*output), 0o755); err != nil {
-		return err
-	}
-	tmp := *output + ".tmp"
-	if err := tarball.WriteToFile(tmp, tag, img); err != nil {
-		_ = os.Remove(tmp)
-		return fmt.Errorf("failed to write %s: %w", *output, err)
-	}
-	if err := os.Rename(tmp, *output); err != nil {
+	if err := image.WriteTarball(*output, *ref, img); err != nil {
 		return err
 	}
 	digest, err := img.Digest()
 	if err != nil {
 		return err
 	}
-	fmt.Printf("wrote %s (%s, %s)\n", *output, tag, digest)
+	fmt.Printf("wrote %s (%s, %s)\n", *output, *ref, digest)
 	return nil
 }
 
