@@ -7,6 +7,7 @@ import (
 	"sync"
 	"time"
 
+	"golang.org/x/time/rate"
 	certificatesv1 "k8s.io/api/certificates/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -14,6 +15,7 @@ import (
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/types"
 	toolscache "k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/util/workqueue"
 	"k8s.io/utils/clock"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/builder"
@@ -154,8 +156,23 @@ func (r *Reconciler) SetupWithManager(ctx context.Context, mgr ctrl.Manager, wor
 		For(&certificatesv1.CertificateSigningRequest{}, builder.WithPredicates(ours)).
 		WatchesMetadata(NodeMetadata(), handler.EnqueueRequestsFromMapFunc(r.csrsForNode), builder.WithPredicates(nodeLifecycle)).
 		WatchesRawSource(source.Channel(r.reloads, &handler.TypedEnqueueRequestForObject[*certificatesv1.CertificateSigningRequest]{})).
-		WithOptions(controller.Options{MaxConcurrentReconciles: workers}).
+		WithOptions(controller.Options{MaxConcurrentReconciles: workers, RateLimiter: retryLimiter()}).
 		Complete(r)
+}
+
+// maxErrorRetry caps the backoff of a CSR whose reconcile failed (a fact
+// that could not be gathered, a failed write). The default cap, 1000 s,
+// would retry a CSR whose SubjectAccessReview keeps failing so rarely that
+// nodecsr_fact_errors_total looks quiet over any five minutes.
+const maxErrorRetry = time.Minute
+
+// retryLimiter is controller-runtime's default rate limiter with the
+// per-item backoff capped at maxErrorRetry.
+func retryLimiter() workqueue.TypedRateLimiter[reconcile.Request] {
+	return workqueue.NewTypedMaxOfRateLimiter(
+		workqueue.NewTypedItemExponentialFailureRateLimiter[reconcile.Request](5*time.Millisecond, maxErrorRetry),
+		&workqueue.TypedBucketRateLimiter[reconcile.Request]{Limiter: rate.NewLimiter(rate.Limit(10), 100)},
+	)
 }
 
 // trackExpiry feeds the expiry tracker from the CSR informer (every replica
