@@ -70,6 +70,10 @@ func TestDefaults(t *testing.T) {
 		},
 		Limits:        Limits{MaxPendingPerNode: ptr.To[int32](3), CollapseDuplicates: ptr.To(true)},
 		ApprovalGuard: ApprovalGuard{Mode: GuardOff, AllowedGroups: []string{"system:masters"}},
+		Serving: Serving{
+			IPCIDRs: []string{"0.0.0.0/0", "::/0"}, MaxSANs: 16,
+			ResolveDNS: ResolveDNS{TimeoutSeconds: 2}, Subresource: "selfnodeclient",
+		},
 	}
 	if !reflect.DeepEqual(s, want) {
 		t.Errorf("defaults:\n got %+v\nwant %+v", s, want)

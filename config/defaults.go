@@ -32,7 +32,19 @@ const (
 	MinMaxRequestBytes        = 1024
 	MaxMaxRequestBytes        = 65536
 	maxPatternLength          = 1024
+
+	DefaultServingMaxSANs        = 16
+	MaxServingMaxSANs            = 100
+	DefaultResolveTimeoutSeconds = 2
+	MaxResolveTimeoutSeconds     = 10
+	DefaultServingSubresource    = SubresourceSelfNodeClient
+	// NodePlaceholder stands for the node's name in spec.serving.dnsNames.
+	NodePlaceholder = "{node}"
 )
+
+// DefaultServingIPCIDRs are the CIDRs allowed when serving.ipCIDRs is unset:
+// every address (each IP must be one of the Node's own addresses anyway).
+func DefaultServingIPCIDRs() []string { return []string{"0.0.0.0/0", "::/0"} }
 
 // DefaultCurves are the ECDSA curves allowed when keys.ecdsa.curves is unset.
 func DefaultCurves() []Curve { return []Curve{CurveP256, CurveP384} }
@@ -119,5 +131,19 @@ func (p *Policy) SetDefaults() {
 	}
 	if g.AllowedGroups == nil {
 		g.AllowedGroups = []string{DefaultBreakGlassGroup}
+	}
+
+	sv := &s.Serving
+	if sv.IPCIDRs == nil {
+		sv.IPCIDRs = DefaultServingIPCIDRs()
+	}
+	if sv.MaxSANs == 0 {
+		sv.MaxSANs = DefaultServingMaxSANs
+	}
+	if sv.ResolveDNS.TimeoutSeconds == 0 {
+		sv.ResolveDNS.TimeoutSeconds = DefaultResolveTimeoutSeconds
+	}
+	if sv.Subresource == "" {
+		sv.Subresource = DefaultServingSubresource
 	}
 }

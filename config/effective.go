@@ -5,8 +5,10 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"net/netip"
 	"regexp"
 	"slices"
+	"strings"
 	"time"
 )
 
@@ -32,6 +34,7 @@ type Effective struct {
 	Lifetime    LifetimeRules
 	Limits      LimitRules
 	Guard       GuardRules
+	Serving     ServingRules
 }
 
 // Pattern is a compiled node-name pattern, anchored at both ends.
@@ -125,6 +128,42 @@ type GuardRules struct {
 	AllowedGroups []string
 }
 
+// ServingRules is spec.serving.
+type ServingRules struct {
+	Enabled bool
+	// IPCIDRs is empty when no IP SAN is allowed.
+	IPCIDRs []netip.Prefix
+	// DNSNames are the templates, each with {node} in it.
+	DNSNames       []string
+	MaxSANs        int
+	ResolveDNS     bool
+	ResolveTimeout time.Duration
+	// Subresource is selfnodeclient or selfnodeserver.
+	Subresource string
+}
+
+// IPAllowed reports whether ip is inside one of spec.serving.ipCIDRs.
+func (s *ServingRules) IPAllowed(ip netip.Addr) bool {
+	ip = ip.Unmap()
+	for _, p := range s.IPCIDRs {
+		if p.Contains(ip) {
+			return true
+		}
+	}
+	return false
+}
+
+// DNSNameTemplate returns the spec.serving.dnsNames template that, with the
+// node's name put in for {node}, is name.
+func (s *ServingRules) DNSNameTemplate(node, name string) (string, bool) {
+	for _, t := range s.DNSNames {
+		if strings.ReplaceAll(t, NodePlaceholder, node) == name {
+			return t, true
+		}
+	}
+	return "", false
+}
+
 // Compile defaults a copy of p, validates it and compiles it. The error
 // lists every problem (a field.ErrorList aggregate).
 func Compile(p *Policy) (*Effective, error) {
@@ -176,6 +215,23 @@ func compile(p *Policy) (*Effective, error) {
 			AllowedUsers:  s.ApprovalGuard.AllowedUsers,
 			AllowedGroups: s.ApprovalGuard.AllowedGroups,
 		},
+	}
+	e.Serving = ServingRules{
+		Enabled:        s.Serving.Enabled,
+		IPCIDRs:        make([]netip.Prefix, 0, len(s.Serving.IPCIDRs)),
+		DNSNames:       s.Serving.DNSNames,
+		MaxSANs:        int(s.Serving.MaxSANs),
+		ResolveDNS:     s.Serving.ResolveDNS.Enabled,
+		ResolveTimeout: time.Duration(s.Serving.ResolveDNS.TimeoutSeconds) * time.Second,
+		Subresource:    s.Serving.Subresource,
+	}
+	for i, c := range s.Serving.IPCIDRs {
+		pfx, err := parseCIDR(c)
+		if err != nil {
+			// Validate parsed every CIDR already.
+			return nil, fmt.Errorf("spec.serving.ipCIDRs[%d]: %w", i, err)
+		}
+		e.Serving.IPCIDRs = append(e.Serving.IPCIDRs, pfx)
 	}
 	if d := s.Lifetime.DefaultExpirationSeconds; d != nil {
 		e.Lifetime.DefaultExpirationSeconds = *d

@@ -104,6 +104,9 @@ type Spec struct {
 	Limits Limits `json:"limits"`
 	// ApprovalGuard configures the webhook that guards manual approvals.
 	ApprovalGuard ApprovalGuard `json:"approvalGuard"`
+	// Serving configures kubelet serving certificates (signer
+	// kubernetes.io/kubelet-serving). Off by default.
+	Serving Serving `json:"serving"`
 }
 
 // NodeNames restricts the node names (the part of the common name after
@@ -272,4 +275,60 @@ type ApprovalGuard struct {
 	// AllowedGroups may approve by hand; an empty list allows none.
 	// Default: [system:masters] (break-glass).
 	AllowedGroups []string `json:"allowedGroups"`
+}
+
+// SubresourceSelfNodeClient and SubresourceSelfNodeServer are the
+// certificatesigningrequests subresources a serving CSR's SubjectAccessReview
+// may check.
+const (
+	SubresourceSelfNodeClient = "selfnodeclient"
+	SubresourceSelfNodeServer = "selfnodeserver"
+)
+
+// Serving configures kubelet serving certificates: CSRs for the signer
+// kubernetes.io/kubelet-serving, which a kubelet with serverTLSBootstrap
+// files for the certificate its HTTPS endpoint serves. Their subject
+// alternative names are proven by the cluster (the Node's own
+// status.addresses), never taken from the request.
+type Serving struct {
+	// Enabled makes nodecsr decide kubelet serving CSRs. Off, nodecsr leaves
+	// them to whatever else approves them in the cluster. Turning it on
+	// takes a restart of nodecsr-controller (its cache must watch serving
+	// CSRs and Node addresses); turning it off takes effect on reload.
+	// Default: false.
+	Enabled bool `json:"enabled,omitempty"`
+	// IPCIDRs lists the CIDRs an IP SAN must be inside, in addition to being
+	// one of the Node's own InternalIP or ExternalIP addresses. An empty list
+	// allows no IP SAN at all. Default: [0.0.0.0/0, ::/0].
+	IPCIDRs []string `json:"ipCIDRs"`
+	// DNSNames lists DNS names a node may have in its serving certificate
+	// besides its own Hostname, InternalDNS and ExternalDNS addresses, as
+	// templates in which {node} stands for the node's name
+	// ("{node}.nodes.example.internal"). Every template must contain {node}
+	// (a name without it would be every node's) and no wildcard.
+	// Default: none.
+	DNSNames []string `json:"dnsNames,omitempty"`
+	// MaxSANs is the most subject alternative names (DNS and IP together) a
+	// serving CSR may ask for, 1 to 100. Default: 16.
+	MaxSANs int32 `json:"maxSANs,omitempty"`
+	// ResolveDNS checks, in addition, that each DNS SAN resolves to one of
+	// the Node's own IP addresses.
+	ResolveDNS ResolveDNS `json:"resolveDNS"`
+	// Subresource is the certificatesigningrequests subresource the
+	// SubjectAccessReview checks for the node: selfnodeclient (what kubeadm
+	// grants system:nodes, so it works unchanged) or selfnodeserver (for a
+	// cluster that binds a distinct grant for serving certificates).
+	// Default: selfnodeclient.
+	Subresource string `json:"subresource,omitempty"`
+}
+
+// ResolveDNS configures the DNS resolution check of serving CSRs.
+type ResolveDNS struct {
+	// Enabled resolves every DNS SAN through the controller's resolver; a
+	// name that does not resolve, or resolves to none of the Node's IP
+	// addresses, is refused. A lookup that fails otherwise (a timeout, a
+	// server failure) leaves the CSR pending and is retried. Default: false.
+	Enabled bool `json:"enabled,omitempty"`
+	// TimeoutSeconds bounds each lookup, 1 to 10. Default: 2.
+	TimeoutSeconds int32 `json:"timeoutSeconds,omitempty"`
 }

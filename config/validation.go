@@ -1,11 +1,14 @@
 package config
 
 import (
+	"errors"
 	"fmt"
+	"net/netip"
 	"regexp"
 	"regexp/syntax"
 	"strings"
 
+	"k8s.io/apimachinery/pkg/util/validation"
 	"k8s.io/apimachinery/pkg/util/validation/field"
 	"k8s.io/apiserver/pkg/authentication/serviceaccount"
 	"k8s.io/apiserver/pkg/authentication/user"
@@ -76,7 +79,84 @@ func (p *Policy) Validate() field.ErrorList {
 	}
 	errs = append(errs, validateNames(ag.Child("allowedUsers"), s.ApprovalGuard.AllowedUsers)...)
 	errs = append(errs, validateNames(ag.Child("allowedGroups"), s.ApprovalGuard.AllowedGroups)...)
+	errs = append(errs, validateServing(spec.Child("serving"), &s.Serving)...)
 	return errs
+}
+
+func validateServing(path *field.Path, s *Serving) field.ErrorList {
+	var errs field.ErrorList
+	cp := path.Child("ipCIDRs")
+	seen := make(map[netip.Prefix]bool, len(s.IPCIDRs))
+	for i, c := range s.IPCIDRs {
+		pfx, err := parseCIDR(c)
+		if err != nil {
+			errs = append(errs, field.Invalid(cp.Index(i), c, err.Error()))
+			continue
+		}
+		if seen[pfx] {
+			errs = append(errs, field.Duplicate(cp.Index(i), c))
+		}
+		seen[pfx] = true
+	}
+	dp := path.Child("dnsNames")
+	seenNames := make(map[string]bool, len(s.DNSNames))
+	for i, n := range s.DNSNames {
+		if err := validateDNSTemplate(n); err != nil {
+			errs = append(errs, field.Invalid(dp.Index(i), n, err.Error()))
+			continue
+		}
+		if seenNames[n] {
+			errs = append(errs, field.Duplicate(dp.Index(i), n))
+		}
+		seenNames[n] = true
+	}
+	if s.MaxSANs < 1 || s.MaxSANs > MaxServingMaxSANs {
+		errs = append(errs, field.Invalid(path.Child("maxSANs"), s.MaxSANs, fmt.Sprintf("must be between 1 and %d", MaxServingMaxSANs)))
+	}
+	if t := s.ResolveDNS.TimeoutSeconds; t < 1 || t > MaxResolveTimeoutSeconds {
+		errs = append(errs, field.Invalid(path.Child("resolveDNS", "timeoutSeconds"), t, fmt.Sprintf("must be between 1 and %d", MaxResolveTimeoutSeconds)))
+	}
+	switch s.Subresource {
+	case SubresourceSelfNodeClient, SubresourceSelfNodeServer:
+	default:
+		errs = append(errs, field.NotSupported(path.Child("subresource"), s.Subresource, []string{SubresourceSelfNodeClient, SubresourceSelfNodeServer}))
+	}
+	return errs
+}
+
+// parseCIDR parses a CIDR that names a network: "10.0.0.0/8", not
+// "10.0.0.1/8" (a host address with a prefix length is a likely mistake).
+func parseCIDR(c string) (netip.Prefix, error) {
+	pfx, err := netip.ParsePrefix(c)
+	if err != nil {
+		return netip.Prefix{}, fmt.Errorf("not a CIDR (such as 10.0.0.0/8 or fd00::/8): %w", err)
+	}
+	if pfx.Addr().Zone() != "" {
+		return netip.Prefix{}, errors.New("must not carry an IPv6 zone")
+	}
+	if m := pfx.Masked(); m != pfx {
+		return netip.Prefix{}, fmt.Errorf("has host bits set; the network is %s", m)
+	}
+	return pfx, nil
+}
+
+// validateDNSTemplate checks a serving.dnsNames entry: it names the node
+// ({node}) and becomes a valid DNS name once the node's name is put in.
+func validateDNSTemplate(t string) error {
+	switch {
+	case t == "":
+		return errors.New("must not be empty")
+	case !strings.Contains(t, NodePlaceholder):
+		return fmt.Errorf("must contain %s: a name without it would be every node's", NodePlaceholder)
+	case strings.Contains(t, "*"):
+		return errors.New("must not contain a wildcard")
+	}
+	// Any valid node name in place of {node} must give a valid DNS name;
+	// "n" stands for the shortest.
+	if errs := validation.IsDNS1123Subdomain(strings.ReplaceAll(t, NodePlaceholder, "n")); len(errs) > 0 {
+		return fmt.Errorf("is not a DNS name once %s is replaced: %s", NodePlaceholder, strings.Join(errs, "; "))
+	}
+	return nil
 }
 
 func validateBootstrap(path *field.Path, b *Bootstrap) field.ErrorList {
