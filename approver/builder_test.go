@@ -9,6 +9,7 @@ import (
 	"crypto/x509/pkix"
 	"encoding/asn1"
 	"math/big"
+	"net/netip"
 	"sync"
 	"testing"
 	"time"
@@ -75,14 +76,22 @@ var (
 
 func ptr[T any](v T) *T { return &v }
 
-// goodFacts are the facts of a CSR that should be approved on path.
+// goodFacts are the facts of a CSR that should be approved on path; for
+// PathServing, those of node worker-1 (servingNode) with no neighbour
+// sharing its addresses.
 func goodFacts(path Path) Facts {
-	return Facts{
+	f := Facts{
 		Authorized:          ptr(true),
-		NodeExists:          ptr(path == PathRenewal),
+		NodeExists:          ptr(path == PathRenewal || path == PathServing),
 		NewerPendingForNode: ptr(false),
 		PendingForNode:      ptr(0),
 	}
+	if path == PathServing {
+		f.NodeAddresses = NodeAddressesOf(servingNode)
+		f.Neighbours = map[string][]string{}
+		f.Resolved = map[string]Resolution{"worker-1.cluster.internal": {IPs: []netip.Addr{netip.MustParseAddr("10.0.0.1")}}}
+	}
+	return f
 }
 
 // evaluate inspects and decides a CSR, as every caller of the engine does; a

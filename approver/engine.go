@@ -1,4 +1,6 @@
-// Package approver decides kubelet client certificate requests.
+// Package approver decides kubelet certificate requests: client CSRs
+// (signer kubernetes.io/kube-apiserver-client-kubelet) and, when the policy
+// enables serving, serving CSRs (kubernetes.io/kubelet-serving).
 //
 // The pipeline is: Inspect a CSR once into a Request; Decide it with the
 // effective policy and the cluster facts a FactGatherer collected, by running
@@ -9,10 +11,12 @@ package approver
 
 import (
 	"fmt"
+	"net/netip"
 	"strings"
 	"time"
 
 	certificatesv1 "k8s.io/api/certificates/v1"
+	corev1 "k8s.io/api/core/v1"
 
 	"github.com/nodecsr/nodecsr/config"
 	"github.com/nodecsr/nodecsr/internal/text"
@@ -41,6 +45,10 @@ const (
 	// PathBootstrap: the requester is in a bootstrap group or is a
 	// bootstrap user. Authorized with the nodeclient subresource.
 	PathBootstrap Path = "Bootstrap"
+	// PathServing: a serving CSR whose requester is system:node:<name>, the
+	// name it asks for. Authorized with serving.subresource (selfnodeclient
+	// by default).
+	PathServing Path = "Serving"
 	// PathUnknown: neither.
 	PathUnknown Path = ""
 )
@@ -62,6 +70,46 @@ const (
 	Skipped CheckResult = "Skipped"
 )
 
+// Signer is the kind of certificate a CSR asks for, as a bit set: a rule
+// row lists the signers it applies to.
+type Signer uint8
+
+const (
+	// SignerClient is kubernetes.io/kube-apiserver-client-kubelet.
+	SignerClient Signer = 1 << iota
+	// SignerServing is kubernetes.io/kubelet-serving.
+	SignerServing
+	// SignerOther is every other signer: none of nodecsr's business.
+	SignerOther
+
+	signersKubelet = SignerClient | SignerServing
+	signersAll     = SignerClient | SignerServing | SignerOther
+)
+
+// SignerOf classifies a signer name.
+func SignerOf(name string) Signer {
+	switch name {
+	case KubeletClientSigner:
+		return SignerClient
+	case KubeletServingSigner:
+		return SignerServing
+	}
+	return SignerOther
+}
+
+// String is the metric label: client, serving or other.
+func (s Signer) String() string {
+	switch s {
+	case SignerClient:
+		return "client"
+	case SignerServing:
+		return "serving"
+	case SignerOther:
+		return "other"
+	}
+	return fmt.Sprintf("Signer(%d)", uint8(s))
+}
+
 // Fact names a kind of cluster fact a rule needs; Facts holds them.
 type Fact uint8
 
@@ -76,6 +124,15 @@ const (
 	// FactPending is the other CSRs for the node (Facts.NewerPendingForNode,
 	// Facts.PendingForNode).
 	FactPending
+	// FactAddresses is the Node's status.addresses (Facts.NodeAddresses);
+	// serving CSRs only.
+	FactAddresses
+	// FactNeighbours is the other Nodes that report one of the requested
+	// SANs as an address (Facts.Neighbours); serving CSRs only.
+	FactNeighbours
+	// FactDNS is what the DNS SANs resolve to (Facts.Resolved); serving
+	// CSRs with serving.resolveDNS only.
+	FactDNS
 )
 
 // Has reports whether f includes every fact in g.
@@ -97,6 +154,7 @@ var factNames = [...]struct {
 	name string
 }{
 	{FactAuthorized, "SubjectAccessReview"}, {FactNode, "Node"}, {FactHeartbeat, "Heartbeat"}, {FactPending, "PendingCSRs"},
+	{FactAddresses, "NodeAddresses"}, {FactNeighbours, "Neighbours"}, {FactDNS, "DNS"},
 }
 
 // Facts are cluster facts a FactGatherer collected. A nil field was not
@@ -122,6 +180,55 @@ type Facts struct {
 	// PendingForNode is the number of other pending CSRs for the same node
 	// name, from the same requester, that are older than this one.
 	PendingForNode *int
+	// NodeAddresses are the addresses of the Node named Request.NodeName
+	// (serving CSRs).
+	NodeAddresses *NodeAddresses
+	// Neighbours maps each requested SAN (Request.SANKeys) that another
+	// Node also reports as one of its addresses to those Nodes' names,
+	// sorted; a SAN no other Node reports has no entry. Non-nil (maybe
+	// empty) when gathered.
+	Neighbours map[string][]string
+	// Resolved holds what each DNS SAN resolved to, by name; non-nil when
+	// gathered.
+	Resolved map[string]Resolution
+}
+
+// NodeAddresses are a Node's status.addresses, sorted by kind.
+type NodeAddresses struct {
+	// Exists: a Node of that name exists. Otherwise the lists are empty.
+	Exists bool
+	// IPs are its InternalIP and ExternalIP addresses.
+	IPs []netip.Addr
+	// DNSNames are its Hostname, InternalDNS and ExternalDNS addresses, in
+	// lower case.
+	DNSNames []string
+}
+
+// NodeAddressesOf sorts a Node's status.addresses. Addresses of other types
+// and IPs that do not parse are left out.
+func NodeAddressesOf(addrs []corev1.NodeAddress) *NodeAddresses {
+	na := &NodeAddresses{Exists: true}
+	for _, a := range addrs {
+		switch a.Type {
+		case corev1.NodeInternalIP, corev1.NodeExternalIP:
+			if ip, err := netip.ParseAddr(a.Address); err == nil {
+				na.IPs = append(na.IPs, ip.Unmap())
+			}
+		case corev1.NodeHostName, corev1.NodeInternalDNS, corev1.NodeExternalDNS:
+			if a.Address != "" {
+				na.DNSNames = append(na.DNSNames, strings.ToLower(a.Address))
+			}
+		}
+	}
+	return na
+}
+
+// Resolution is what one DNS name resolved to.
+type Resolution struct {
+	// NotFound: the name does not exist (NXDOMAIN) or has no address.
+	NotFound bool
+	// IPs are its addresses.
+	IPs []netip.Addr
 }
 
 // Check is one rule applied to the CSR.
@@ -151,6 +258,8 @@ type Decision struct {
 	Message string
 	// Path is how the requester was recognised.
 	Path Path
+	// Signer is the kind of certificate asked for.
+	Signer Signer
 	// NodeName is the name claimed, set only when it is a valid DNS-1123
 	// subdomain.
 	NodeName string
@@ -183,12 +292,13 @@ func (d *Decision) Check(name string) (Check, bool) {
 }
 
 // SubresourceFor returns the certificatesigningrequests subresource the
-// SubjectAccessReview for a path checks: selfnodeclient for renewal,
-// nodeclient for bootstrap, "" for an unknown path.
+// SubjectAccessReview for a client path checks: selfnodeclient for renewal,
+// nodeclient for bootstrap, "" for an unknown path. A serving CSR's is the
+// policy's serving.subresource (Request.Subresource).
 func SubresourceFor(p Path) string {
 	switch p {
 	case PathRenewal:
-		return "selfnodeclient"
+		return config.SubresourceSelfNodeClient
 	case PathBootstrap:
 		return "nodeclient"
 	}
@@ -206,7 +316,7 @@ func SubresourceFor(p Path) string {
 func Decide(p *config.Effective, r *Request, facts Facts) Decision {
 	e := &evaluation{p: p, r: r, csr: r.CSR, facts: facts, index: ruleIndex}
 	d := &e.d
-	d.Path, d.NodeName = r.Path, r.NodeName
+	d.Path, d.NodeName, d.Signer = r.Path, r.NodeName, r.Signer
 	d.KeyAlgorithm, d.PublicKeySHA256 = r.KeyAlgorithm, r.PublicKeySHA256
 	d.PolicyDigest = p.Digest
 
@@ -215,14 +325,14 @@ func Decide(p *config.Effective, r *Request, facts Facts) Decision {
 	staticFailed := false
 	for i := range rules {
 		rule := &rules[i]
-		if rule.Deferred {
+		if rule.Deferred || rule.Signers&r.Signer == 0 {
 			continue
 		}
 		out[i] = rule.check(e)
 		if rule.Gate && out[i].Result == Fail {
 			// Not ours: nothing about the request is reported.
 			e.collect()
-			*d = Decision{Verdict: Ignore, Reason: out[i].Reason, Message: out[i].Message, Checks: d.Checks, PolicyDigest: p.Digest}
+			*d = Decision{Verdict: Ignore, Reason: out[i].Reason, Message: out[i].Message, Checks: d.Checks, Signer: r.Signer, PolicyDigest: p.Digest}
 			return *d
 		}
 		if rule.Needs == 0 && out[i].Result == Fail {
@@ -230,7 +340,7 @@ func Decide(p *config.Effective, r *Request, facts Facts) Decision {
 		}
 	}
 	for i := range rules {
-		if !rules[i].Deferred {
+		if !rules[i].Deferred || rules[i].Signers&r.Signer == 0 {
 			continue
 		}
 		if staticFailed {
@@ -341,7 +451,7 @@ func (e *evaluation) finish() {
 func (e *evaluation) approve() {
 	d := &e.d
 	for i := range rules {
-		if rules[i].MustPass && e.out[i].Result != Pass {
+		if rules[i].MustPass && rules[i].Signers&e.r.Signer != 0 && e.out[i].Result != Pass {
 			d.Verdict, d.Reason = Ignore, ReasonInternalError
 			d.Message = fmt.Sprintf("check %s did not pass; refusing to approve", rules[i].Name)
 			return
@@ -370,6 +480,13 @@ func (e *evaluation) approve() {
 		if e.out[ruleIndex[CheckTokenBinding]].Message == msgTokenBound {
 			b.WriteString("; the token is bound to that name")
 		}
+	case PathServing:
+		d.Reason = ReasonServingApproved
+		fmt.Fprintf(&b, "node %s gets a serving certificate for %s: %s key, signature, subject, usages verified; every SAN is the Node's own address or a serving.dnsNames name, and no other Node's", quote(e.r.NodeName), e.sanSummary(), d.KeyAlgorithm)
+		if e.result(CheckDNSResolution) == Pass {
+			b.WriteString("; the DNS names resolve to the Node")
+		}
+		b.WriteString("; SubjectAccessReview allowed " + e.r.Subresource)
 	default:
 		d.Verdict, d.Reason = Ignore, ReasonInternalError
 		d.Message = "no request path; refusing to approve"

@@ -10,6 +10,7 @@ import (
 	"encoding/hex"
 	"encoding/pem"
 	"fmt"
+	"maps"
 	"os"
 	"slices"
 	"strings"
@@ -768,6 +769,7 @@ func readTestdata(name string) []byte {
 
 func TestEvaluate(t *testing.T) {
 	cases := evalCases()
+	maps.Copy(cases, servingCases())
 	seen := map[string]bool{}
 	ran := 0
 	for name, tc := range cases {

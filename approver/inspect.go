@@ -8,6 +8,7 @@ import (
 	"crypto/rsa"
 	"crypto/sha256"
 	"encoding/hex"
+	"net/netip"
 	"strconv"
 	"strings"
 	"sync"
@@ -50,6 +51,15 @@ type Request struct {
 	KeyAlgorithm string
 	// PublicKeySHA256 is the hex SHA-256 of the DER SubjectPublicKeyInfo.
 	PublicKeySHA256 string
+	// Signer is the kind of certificate asked for (spec.signerName).
+	Signer Signer
+	// Subresource is the certificatesigningrequests subresource the
+	// SubjectAccessReview checks for the path ("" for none).
+	Subresource string
+	// DNSNames and IPAddresses are the DNS and IP SANs, as crypto/x509
+	// (and so the signer) reads them.
+	DNSNames    []string
+	IPAddresses []netip.Addr
 
 	sigOnce sync.Once
 	sigErr  error
@@ -58,7 +68,7 @@ type Request struct {
 // Inspect parses a CSR for policy p. It is pure and never panics; whatever
 // does not parse is recorded for the rules to report.
 func Inspect(p *config.Effective, csr *certificatesv1.CertificateSigningRequest) *Request {
-	r := &Request{CSR: csr}
+	r := &Request{CSR: csr, Signer: SignerOf(csr.Spec.SignerName)}
 	raw := csr.Spec.Request
 	switch {
 	case len(raw) > p.Keys.MaxRequestBytes:
@@ -79,9 +89,54 @@ func Inspect(p *config.Effective, csr *certificatesv1.CertificateSigningRequest)
 		if name, ok := strings.CutPrefix(r.CommonName, nodeUserPrefix); ok && validNodeName(name) {
 			r.NodeName = name
 		}
+		if req.cr != nil {
+			r.DNSNames = req.cr.DNSNames
+			for _, ip := range req.cr.IPAddresses {
+				if a, ok := netip.AddrFromSlice(ip); ok {
+					r.IPAddresses = append(r.IPAddresses, a.Unmap())
+				}
+			}
+		}
 	}
 	r.Path, r.BootstrapBy = classify(p, csr.Spec.Username, csr.Spec.Groups, r.CommonName, r.req != nil)
+	switch {
+	case r.Signer == SignerServing && r.Path == PathRenewal:
+		r.Path, r.Subresource = PathServing, p.Serving.Subresource
+	case r.Signer == SignerServing:
+		// A bootstrapper has no serving path; nothing to authorize.
+	default:
+		r.Subresource = SubresourceFor(r.Path)
+	}
 	return r
+}
+
+// SANKeys are the requested SANs as the Node address index keys them
+// (NodeAddressKey): IPs in canonical form, DNS names in lower case, each once.
+func (r *Request) SANKeys() []string {
+	keys := make([]string, 0, len(r.IPAddresses)+len(r.DNSNames))
+	seen := make(map[string]bool, cap(keys))
+	add := func(k string) {
+		if !seen[k] {
+			seen[k] = true
+			keys = append(keys, k)
+		}
+	}
+	for _, ip := range r.IPAddresses {
+		add(ip.String())
+	}
+	for _, n := range r.DNSNames {
+		add(NodeAddressKey(n))
+	}
+	return keys
+}
+
+// NodeAddressKey is how an address of a Node is indexed, and how a SAN is
+// looked up: an IP in canonical form, anything else in lower case.
+func NodeAddressKey(address string) string {
+	if ip, err := netip.ParseAddr(address); err == nil {
+		return ip.Unmap().String()
+	}
+	return strings.ToLower(address)
 }
 
 // x509Parsed reports whether crypto/x509 parsed the request.

@@ -7,8 +7,10 @@ package approver
 // A CSR that breaks several rules is reported with every violation; the
 // Decision's Reason is the first of them in rule order (rules.go).
 const (
-	// ReasonNotKubeletClientSigner: the CSR is for another signer than
-	// kubernetes.io/kube-apiserver-client-kubelet. Verdict Ignore: not ours.
+	// ReasonNotKubeletClientSigner: the CSR is for a signer nodecsr does not
+	// decide: neither kubernetes.io/kube-apiserver-client-kubelet nor, when
+	// serving.enabled, kubernetes.io/kubelet-serving. Verdict Ignore: not
+	// ours.
 	ReasonNotKubeletClientSigner = "NotKubeletClientSigner"
 	// ReasonAlreadyDecided: the CSR already has an Approved, Denied or
 	// Failed condition, or a certificate. Verdict Ignore.
@@ -48,6 +50,13 @@ const (
 	// ReasonBootstrapDisabled: the requester is a bootstrapper and
 	// bootstrap.enabled is false.
 	ReasonBootstrapDisabled = "BootstrapDisabled"
+	// ReasonServingByBootstrapper: a bootstrapper filed a serving CSR. There
+	// is no bootstrap path for serving certificates: only a node that has
+	// joined may ask for its own.
+	ReasonServingByBootstrapper = "ServingByBootstrapper"
+	// ReasonNodeNotInNodesGroup: a serving CSR's requester is
+	// system:node:<name> but not in the system:nodes group.
+	ReasonNodeNotInNodesGroup = "NodeNotInNodesGroup"
 	// ReasonInvalidOrganization: the subject does not hold exactly one
 	// organization, system:nodes.
 	ReasonInvalidOrganization = "InvalidOrganization"
@@ -58,6 +67,23 @@ const (
 	// ReasonSANsNotAllowed: the request asks for subject alternative names
 	// (DNS, IP, email, URI), or carries a SAN extension at all.
 	ReasonSANsNotAllowed = "SANsNotAllowed"
+	// ReasonSANTypeNotAllowed: a serving CSR asks for a SAN that is neither
+	// a DNS name nor an IP address (email, URI, another name type), or
+	// carries more than one SAN extension.
+	ReasonSANTypeNotAllowed = "SANTypeNotAllowed"
+	// ReasonWildcardDNSName: a serving CSR asks for a wildcard DNS name.
+	ReasonWildcardDNSName = "WildcardDNSName"
+	// ReasonInvalidDNSName: a serving CSR's DNS SAN is not a valid lower-case
+	// DNS-1123 subdomain.
+	ReasonInvalidDNSName = "InvalidDNSName"
+	// ReasonNoSANs: a serving CSR asks for no SAN at all.
+	ReasonNoSANs = "NoSANs"
+	// ReasonTooManySANs: a serving CSR asks for more than serving.maxSANs
+	// SANs.
+	ReasonTooManySANs = "TooManySANs"
+	// ReasonIPNotAllowed: a serving CSR's IP SAN is inside none of
+	// serving.ipCIDRs.
+	ReasonIPNotAllowed = "IPNotAllowed"
 	// ReasonUnexpectedExtensions: the request asks for extensions other
 	// than SAN, or carries attributes other than an extension request, or a
 	// version other than 1.
@@ -95,6 +121,23 @@ const (
 	// exist yet while renewal.requireNodeExists is on. Verdict Ignore: the
 	// CSR stays pending and is decided when the Node appears.
 	ReasonWaitingForNode = "WaitingForNode"
+	// ReasonWaitingForNodeAddresses: a serving CSR for a Node that has not
+	// reported any address yet. Not a violation: the CSR stays pending and
+	// is decided again when the Node's addresses change. Verdict Ignore.
+	ReasonWaitingForNodeAddresses = "WaitingForNodeAddresses"
+	// ReasonIPNotNodeAddress: a serving CSR's IP SAN is not one of the
+	// Node's own InternalIP or ExternalIP addresses.
+	ReasonIPNotNodeAddress = "IPNotNodeAddress"
+	// ReasonDNSNameNotNodeAddress: a serving CSR's DNS SAN is neither one of
+	// the Node's Hostname, InternalDNS or ExternalDNS addresses nor a
+	// serving.dnsNames name of the node.
+	ReasonDNSNameNotNodeAddress = "DNSNameNotNodeAddress"
+	// ReasonAddressOfOtherNode: a serving CSR's SAN is an address another
+	// Node reports; the message names that Node.
+	ReasonAddressOfOtherNode = "AddressOfOtherNode"
+	// ReasonDNSNameDoesNotResolveToNode: serving.resolveDNS is on and a DNS
+	// SAN does not exist or resolves to none of the Node's IP addresses.
+	ReasonDNSNameDoesNotResolveToNode = "DNSNameDoesNotResolveToNode"
 	// ReasonSuperseded: a newer pending or approved CSR for the same node from the same requester exists and
 	// limits.collapseDuplicates is on; the newest wins.
 	ReasonSuperseded = "Superseded"
@@ -127,6 +170,9 @@ const (
 	// it) passed every check: the node comes back after its certificate
 	// expired. Verdict Approve.
 	ReasonRecoveryApproved = "RecoveryApproved"
+	// ReasonServingApproved: a node's serving CSR passed every check: every
+	// SAN is proven by the cluster. Verdict Approve.
+	ReasonServingApproved = "ServingApproved"
 )
 
 // AllReasons returns every reason code a decision can carry: the rule
@@ -137,5 +183,5 @@ func AllReasons() []string {
 		out = append(out, rules[i].Reasons...)
 	}
 	return append(out, ReasonRateLimited, ReasonFactsIncomplete, ReasonInternalError,
-		ReasonRenewalApproved, ReasonBootstrapApproved, ReasonRecoveryApproved)
+		ReasonRenewalApproved, ReasonBootstrapApproved, ReasonRecoveryApproved, ReasonServingApproved)
 }

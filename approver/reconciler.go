@@ -33,8 +33,12 @@ import (
 	"github.com/nodecsr/nodecsr/config"
 )
 
-// KubeletClientSigner is the only signer nodecsr decides for.
-const KubeletClientSigner = certificatesv1.KubeAPIServerClientKubeletSignerName
+// The signers nodecsr decides for: kubelet client certificates always,
+// kubelet serving certificates when the policy enables serving.
+const (
+	KubeletClientSigner  = certificatesv1.KubeAPIServerClientKubeletSignerName
+	KubeletServingSigner = certificatesv1.KubeletServingSignerName
+)
 
 // Decisions that write no condition are re-examined after these delays.
 const (

@@ -31,6 +31,9 @@ type Rule struct {
 	Policy string
 	// Field is the CSR field the rule judges, for admission causes.
 	Field string
+	// Signers are the kinds of CSR the rule applies to; for the others it
+	// does not run and is not listed.
+	Signers Signer
 	// Needs are the cluster facts the rule needs; 0 for a static rule.
 	Needs Fact
 	// MustPass: nothing is approved unless this rule ran and passed,
@@ -87,6 +90,17 @@ const (
 	CheckNodeExists          = "NodeExists"
 	CheckNewerPendingForNode = "NewerPendingForNode"
 	CheckPendingForNode      = "PendingForNode"
+
+	// Serving CSRs only.
+	CheckSANTypes      = "SANTypes"
+	CheckDNSNameSyntax = "DNSNameSyntax"
+	CheckSANCount      = "SANCount"
+	CheckIPRange       = "IPRange"
+	CheckNodeAddresses = "NodeAddresses"
+	CheckIPAddresses   = "IPAddresses"
+	CheckDNSNames      = "DNSNames"
+	CheckNeighbours    = "Neighbours"
+	CheckDNSResolution = "DNSResolution"
 )
 
 const (
@@ -102,31 +116,40 @@ const (
 // reason codes in reasons.go and its lines in docs/reasons.md and
 // docs/policy.md.
 var rules = [...]Rule{
-	{Name: CheckSignerName, Reasons: []string{ReasonNotKubeletClientSigner}, Field: fieldSigner, Gate: true, MustPass: true, check: (*evaluation).signerName},
-	{Name: CheckNotDecided, Reasons: []string{ReasonAlreadyDecided}, Field: fieldStatus, Gate: true, MustPass: true, check: (*evaluation).notDecided},
-	{Name: CheckRequestSize, Reasons: []string{ReasonRequestTooLarge}, Policy: "keys.maxRequestBytes", Field: fieldRequest, MustPass: true, check: (*evaluation).requestSize},
-	{Name: CheckEncoding, Reasons: []string{ReasonMalformedRequest}, Field: fieldRequest, MustPass: true, check: (*evaluation).encoding},
-	{Name: CheckKeyAlgorithm, Reasons: []string{ReasonKeyAlgorithmNotAllowed}, Policy: "keys.rsa.enabled, keys.ecdsa.curves, keys.ed25519", Field: fieldRequest, MustPass: true, check: (*evaluation).keyAlgorithm},
-	{Name: CheckKeyCurve, Reasons: []string{ReasonKeyCurveNotAllowed}, Policy: "keys.ecdsa.curves", Field: fieldRequest, check: (*evaluation).keyCurve},
-	{Name: CheckKeySize, Reasons: []string{ReasonKeySizeNotAllowed}, Policy: "keys.rsa.minBits, keys.rsa.maxBits", Field: fieldRequest, check: (*evaluation).keySize},
-	{Name: CheckSignature, Reasons: []string{ReasonInvalidSignature}, Field: fieldRequest, MustPass: true, Deferred: true, check: (*evaluation).signature},
-	{Name: CheckCommonName, Reasons: []string{ReasonInvalidCommonName}, Field: fieldRequest, MustPass: true, check: (*evaluation).commonName},
-	{Name: CheckNodeName, Reasons: []string{ReasonInvalidNodeName}, Field: fieldRequest, MustPass: true, check: (*evaluation).nodeName},
-	{Name: CheckRequester, Reasons: []string{ReasonRequesterMismatch, ReasonUnrecognizedRequester, ReasonBootstrapDisabled}, Policy: "bootstrap.enabled, bootstrap.groups, bootstrap.users", Field: fieldUsername, MustPass: true, check: (*evaluation).requester},
-	{Name: CheckOrganization, Reasons: []string{ReasonInvalidOrganization}, Field: fieldRequest, MustPass: true, check: (*evaluation).organization},
-	{Name: CheckSubjectAttributes, Reasons: []string{ReasonExtraSubjectAttributes}, Field: fieldRequest, MustPass: true, check: (*evaluation).subjectAttributes},
-	{Name: CheckSubjectAltNames, Reasons: []string{ReasonSANsNotAllowed}, Field: fieldRequest, MustPass: true, check: (*evaluation).subjectAltNames},
-	{Name: CheckExtensions, Reasons: []string{ReasonUnexpectedExtensions}, Field: fieldRequest, MustPass: true, check: (*evaluation).extensions},
-	{Name: CheckUsages, Reasons: []string{ReasonInvalidUsages}, Field: fieldUsages, MustPass: true, check: (*evaluation).usages},
-	{Name: CheckKeyEncipherment, Reasons: []string{ReasonKeyEnciphermentRequiresRSA}, Policy: "keys.keyEnciphermentRequiresRSA", Field: fieldUsages, check: (*evaluation).keyEncipherment},
-	{Name: CheckLifetime, Reasons: []string{ReasonLifetimeTooLong}, Policy: "lifetime.maxExpirationSeconds", Field: fieldExpiration, MustPass: true, check: (*evaluation).lifetime},
-	{Name: CheckNodeNameDenied, Reasons: []string{ReasonNodeNameDenied}, Policy: "nodeNames.denied", Field: fieldRequest, MustPass: true, check: (*evaluation).nodeNameDenied},
-	{Name: CheckNodeNameAllowed, Reasons: []string{ReasonNodeNameNotAllowed}, Policy: "nodeNames.allowed", Field: fieldRequest, MustPass: true, check: (*evaluation).nodeNameAllowed},
-	{Name: CheckTokenBinding, Reasons: []string{ReasonTokenNotBound, ReasonTokenNotBoundToName}, Policy: "bootstrap.requireTokenBinding, bootstrap.tokenBindings", Field: fieldUsername, check: (*evaluation).tokenBinding},
-	{Name: CheckAuthorized, Reasons: []string{ReasonNotAuthorized}, Field: fieldUsername, Needs: FactAuthorized, MustPass: true, check: (*evaluation).authorized},
-	{Name: CheckNodeExists, Reasons: []string{ReasonNodeAlreadyExists, ReasonWaitingForNode}, Policy: "renewal.requireNodeExists, bootstrap.allowExistingNode, bootstrap.recovery, bootstrap.tokenBindings[].allowExistingNode", Field: fieldRequest, Needs: FactNode | FactHeartbeat, check: (*evaluation).nodeExists},
-	{Name: CheckNewerPendingForNode, Reasons: []string{ReasonSuperseded}, Policy: "limits.collapseDuplicates", Field: fieldRequest, Needs: FactPending, check: (*evaluation).newerPending},
-	{Name: CheckPendingForNode, Reasons: []string{ReasonTooManyPending}, Policy: "limits.maxPendingPerNode", Field: fieldRequest, Needs: FactPending, check: (*evaluation).pendingForNode},
+	{Name: CheckSignerName, Reasons: []string{ReasonNotKubeletClientSigner}, Policy: "serving.enabled", Field: fieldSigner, Signers: signersAll, Gate: true, MustPass: true, check: (*evaluation).signerName},
+	{Name: CheckNotDecided, Reasons: []string{ReasonAlreadyDecided}, Field: fieldStatus, Signers: signersAll, Gate: true, MustPass: true, check: (*evaluation).notDecided},
+	{Name: CheckRequestSize, Reasons: []string{ReasonRequestTooLarge}, Policy: "keys.maxRequestBytes", Field: fieldRequest, Signers: signersKubelet, MustPass: true, check: (*evaluation).requestSize},
+	{Name: CheckEncoding, Reasons: []string{ReasonMalformedRequest}, Field: fieldRequest, Signers: signersKubelet, MustPass: true, check: (*evaluation).encoding},
+	{Name: CheckKeyAlgorithm, Reasons: []string{ReasonKeyAlgorithmNotAllowed}, Policy: "keys.rsa.enabled, keys.ecdsa.curves, keys.ed25519", Field: fieldRequest, Signers: signersKubelet, MustPass: true, check: (*evaluation).keyAlgorithm},
+	{Name: CheckKeyCurve, Reasons: []string{ReasonKeyCurveNotAllowed}, Policy: "keys.ecdsa.curves", Field: fieldRequest, Signers: signersKubelet, check: (*evaluation).keyCurve},
+	{Name: CheckKeySize, Reasons: []string{ReasonKeySizeNotAllowed}, Policy: "keys.rsa.minBits, keys.rsa.maxBits", Field: fieldRequest, Signers: signersKubelet, check: (*evaluation).keySize},
+	{Name: CheckSignature, Reasons: []string{ReasonInvalidSignature}, Field: fieldRequest, Signers: signersKubelet, MustPass: true, Deferred: true, check: (*evaluation).signature},
+	{Name: CheckCommonName, Reasons: []string{ReasonInvalidCommonName}, Field: fieldRequest, Signers: signersKubelet, MustPass: true, check: (*evaluation).commonName},
+	{Name: CheckNodeName, Reasons: []string{ReasonInvalidNodeName}, Field: fieldRequest, Signers: signersKubelet, MustPass: true, check: (*evaluation).nodeName},
+	{Name: CheckRequester, Reasons: []string{ReasonRequesterMismatch, ReasonUnrecognizedRequester, ReasonBootstrapDisabled, ReasonServingByBootstrapper, ReasonNodeNotInNodesGroup}, Policy: "bootstrap.enabled, bootstrap.groups, bootstrap.users", Field: fieldUsername, Signers: signersKubelet, MustPass: true, check: (*evaluation).requester},
+	{Name: CheckOrganization, Reasons: []string{ReasonInvalidOrganization}, Field: fieldRequest, Signers: signersKubelet, MustPass: true, check: (*evaluation).organization},
+	{Name: CheckSubjectAttributes, Reasons: []string{ReasonExtraSubjectAttributes}, Field: fieldRequest, Signers: signersKubelet, MustPass: true, check: (*evaluation).subjectAttributes},
+	{Name: CheckSubjectAltNames, Reasons: []string{ReasonSANsNotAllowed}, Field: fieldRequest, Signers: SignerClient, MustPass: true, check: (*evaluation).subjectAltNames},
+	{Name: CheckSANTypes, Reasons: []string{ReasonSANTypeNotAllowed}, Field: fieldRequest, Signers: SignerServing, MustPass: true, check: (*evaluation).sanTypes},
+	{Name: CheckDNSNameSyntax, Reasons: []string{ReasonWildcardDNSName, ReasonInvalidDNSName}, Field: fieldRequest, Signers: SignerServing, MustPass: true, check: (*evaluation).dnsNameSyntax},
+	{Name: CheckSANCount, Reasons: []string{ReasonNoSANs, ReasonTooManySANs}, Policy: "serving.maxSANs", Field: fieldRequest, Signers: SignerServing, MustPass: true, check: (*evaluation).sanCount},
+	{Name: CheckIPRange, Reasons: []string{ReasonIPNotAllowed}, Policy: "serving.ipCIDRs", Field: fieldRequest, Signers: SignerServing, MustPass: true, check: (*evaluation).ipRange},
+	{Name: CheckExtensions, Reasons: []string{ReasonUnexpectedExtensions}, Field: fieldRequest, Signers: signersKubelet, MustPass: true, check: (*evaluation).extensions},
+	{Name: CheckUsages, Reasons: []string{ReasonInvalidUsages}, Field: fieldUsages, Signers: signersKubelet, MustPass: true, check: (*evaluation).usages},
+	{Name: CheckKeyEncipherment, Reasons: []string{ReasonKeyEnciphermentRequiresRSA}, Policy: "keys.keyEnciphermentRequiresRSA", Field: fieldUsages, Signers: signersKubelet, check: (*evaluation).keyEncipherment},
+	{Name: CheckLifetime, Reasons: []string{ReasonLifetimeTooLong}, Policy: "lifetime.maxExpirationSeconds", Field: fieldExpiration, Signers: signersKubelet, MustPass: true, check: (*evaluation).lifetime},
+	{Name: CheckNodeNameDenied, Reasons: []string{ReasonNodeNameDenied}, Policy: "nodeNames.denied", Field: fieldRequest, Signers: signersKubelet, MustPass: true, check: (*evaluation).nodeNameDenied},
+	{Name: CheckNodeNameAllowed, Reasons: []string{ReasonNodeNameNotAllowed}, Policy: "nodeNames.allowed", Field: fieldRequest, Signers: signersKubelet, MustPass: true, check: (*evaluation).nodeNameAllowed},
+	{Name: CheckTokenBinding, Reasons: []string{ReasonTokenNotBound, ReasonTokenNotBoundToName}, Policy: "bootstrap.requireTokenBinding, bootstrap.tokenBindings", Field: fieldUsername, Signers: SignerClient, check: (*evaluation).tokenBinding},
+	{Name: CheckAuthorized, Reasons: []string{ReasonNotAuthorized}, Policy: "serving.subresource", Field: fieldUsername, Signers: signersKubelet, Needs: FactAuthorized, MustPass: true, check: (*evaluation).authorized},
+	{Name: CheckNodeExists, Reasons: []string{ReasonNodeAlreadyExists, ReasonWaitingForNode}, Policy: "renewal.requireNodeExists, bootstrap.allowExistingNode, bootstrap.recovery, bootstrap.tokenBindings[].allowExistingNode", Field: fieldRequest, Signers: signersKubelet, Needs: FactNode | FactHeartbeat, check: (*evaluation).nodeExists},
+	{Name: CheckNeighbours, Reasons: []string{ReasonAddressOfOtherNode}, Field: fieldRequest, Signers: SignerServing, Needs: FactNeighbours, MustPass: true, check: (*evaluation).neighbours},
+	{Name: CheckNodeAddresses, Reasons: []string{ReasonWaitingForNodeAddresses}, Field: fieldRequest, Signers: SignerServing, Needs: FactAddresses, check: (*evaluation).nodeAddresses},
+	{Name: CheckIPAddresses, Reasons: []string{ReasonIPNotNodeAddress}, Field: fieldRequest, Signers: SignerServing, Needs: FactAddresses, MustPass: true, check: (*evaluation).ipAddresses},
+	{Name: CheckDNSNames, Reasons: []string{ReasonDNSNameNotNodeAddress}, Policy: "serving.dnsNames", Field: fieldRequest, Signers: SignerServing, Needs: FactAddresses, MustPass: true, check: (*evaluation).dnsNames},
+	{Name: CheckDNSResolution, Reasons: []string{ReasonDNSNameDoesNotResolveToNode}, Policy: "serving.resolveDNS", Field: fieldRequest, Signers: SignerServing, Needs: FactDNS | FactAddresses, check: (*evaluation).dnsResolution},
+	{Name: CheckNewerPendingForNode, Reasons: []string{ReasonSuperseded}, Policy: "limits.collapseDuplicates", Field: fieldRequest, Signers: signersKubelet, Needs: FactPending, check: (*evaluation).newerPending},
+	{Name: CheckPendingForNode, Reasons: []string{ReasonTooManyPending}, Policy: "limits.maxPendingPerNode", Field: fieldRequest, Signers: signersKubelet, Needs: FactPending, check: (*evaluation).pendingForNode},
 }
 
 // ruleIndex maps a check name to its row.
@@ -155,10 +178,20 @@ func (e *evaluation) notParsed() Outcome {
 }
 
 func (e *evaluation) signerName() Outcome {
-	if s := e.csr.Spec.SignerName; s != certificatesv1.KubeAPIServerClientKubeletSignerName {
-		return failf(ReasonNotKubeletClientSigner, "signer %s is not %s; not ours", quote(s), certificatesv1.KubeAPIServerClientKubeletSignerName)
+	switch e.r.Signer {
+	case SignerClient:
+		return pass("signer is " + KubeletClientSigner)
+	case SignerServing:
+		if !e.p.Serving.Enabled {
+			return failf(ReasonNotKubeletClientSigner, "signer %s is decided only when serving.enabled is true; not ours", KubeletServingSigner)
+		}
+		return pass("signer is " + KubeletServingSigner + " (serving.enabled)")
 	}
-	return pass("signer is " + certificatesv1.KubeAPIServerClientKubeletSignerName)
+	signers := KubeletClientSigner
+	if e.p.Serving.Enabled {
+		signers += " or " + KubeletServingSigner
+	}
+	return failf(ReasonNotKubeletClientSigner, "signer %s is not %s; not ours", quote(e.csr.Spec.SignerName), signers)
 }
 
 func (e *evaluation) notDecided() Outcome {
@@ -325,6 +358,9 @@ func validNodeName(name string) bool {
 }
 
 func (e *evaluation) requester() Outcome {
+	if e.r.Signer == SignerServing {
+		return e.servingRequester()
+	}
 	u := e.csr.Spec.Username
 	isNode := strings.HasPrefix(u, nodeUserPrefix)
 	switch {
@@ -528,6 +564,9 @@ func (e *evaluation) usageCounts() (ds, ke, ca, other int) {
 }
 
 func (e *evaluation) usages() Outcome {
+	if e.r.Signer == SignerServing {
+		return e.servingUsages()
+	}
 	if ds, ke, ca, other := e.usageCounts(); ds == 1 && ca == 1 && ke <= 1 && other == 0 {
 		return pass("usages are digital signature and client auth (and optionally key encipherment)")
 	}
@@ -637,20 +676,36 @@ func (e *evaluation) tokenBinding() Outcome {
 }
 
 func (e *evaluation) authorized() Outcome {
-	path := e.r.Path
+	sub := e.r.Subresource
 	switch {
-	case path == PathUnknown:
+	case !e.recognised():
 		return Outcome{}
 	case e.facts.Authorized == nil:
 		return e.need(FactAuthorized)
 	case !*e.facts.Authorized:
-		return failf(ReasonNotAuthorized, "SubjectAccessReview: %s may not create certificatesigningrequests/%s", quote(e.csr.Spec.Username), SubresourceFor(path))
+		return failf(ReasonNotAuthorized, "SubjectAccessReview: %s may not create certificatesigningrequests/%s", quote(e.csr.Spec.Username), sub)
 	}
-	return pass("SubjectAccessReview allowed create certificatesigningrequests/" + SubresourceFor(path))
+	return pass("SubjectAccessReview allowed create certificatesigningrequests/" + sub)
+}
+
+// recognised reports whether the requester is on a path of the CSR's
+// signer: renewal or bootstrap for a client CSR, the node itself for a
+// serving CSR.
+func (e *evaluation) recognised() bool {
+	if e.r.Signer == SignerServing {
+		return e.r.Path == PathServing
+	}
+	return e.r.Path != PathUnknown
 }
 
 func (e *evaluation) nodeExists() Outcome {
 	b := &e.p.Bootstrap
+	switch {
+	case e.r.Path == PathServing:
+		return e.servingNodeExists()
+	case e.r.Signer == SignerServing:
+		return Outcome{}
+	}
 	switch e.r.Path {
 	case PathRenewal:
 		if !e.p.Renewal.RequireNodeExists {
@@ -708,7 +763,7 @@ func roundAge(d time.Duration) time.Duration { return max(d, 0).Round(time.Secon
 
 func (e *evaluation) newerPending() Outcome {
 	switch {
-	case e.r.Path == PathUnknown || !e.p.Limits.CollapseDuplicates:
+	case !e.recognised() || !e.p.Limits.CollapseDuplicates:
 		return Outcome{}
 	case e.facts.NewerPendingForNode == nil:
 		return e.need(FactPending)
@@ -724,7 +779,7 @@ func (e *evaluation) newerPending() Outcome {
 func (e *evaluation) pendingForNode() Outcome {
 	limit := e.p.Limits.MaxPendingPerNode
 	switch {
-	case e.r.Path == PathUnknown || limit <= 0 || e.p.Limits.CollapseDuplicates:
+	case !e.recognised() || limit <= 0 || e.p.Limits.CollapseDuplicates:
 		return Outcome{}
 	case e.facts.PendingForNode == nil:
 		return e.need(FactPending)

@@ -621,3 +621,27 @@ func WithCondition(t certificatesv1.RequestConditionType) Option {
 
 // WithCertificate sets status.certificate.
 func WithCertificate(cert []byte) Option { return func(b *builder) { b.cert = cert } }
+
+// ServingUsages are the usages a kubelet's serving CSR carries for an ECDSA
+// key.
+func ServingUsages() []certificatesv1.KeyUsage {
+	return []certificatesv1.KeyUsage{certificatesv1.UsageDigitalSignature, certificatesv1.UsageServerAuth}
+}
+
+// Serving makes the CSR a kubelet serving CSR (signer
+// kubernetes.io/kubelet-serving, usages digital signature and server auth)
+// with the given SANs: each one that parses as an IP is an IP SAN, the
+// others DNS SANs. Options after it can still change the usages or signer.
+func Serving(sans ...string) Option {
+	return func(b *builder) {
+		b.signer = certificatesv1.KubeletServingSignerName
+		b.usages = ServingUsages()
+		for _, s := range sans {
+			if ip := net.ParseIP(s); ip != nil {
+				b.ips = append(b.ips, ip)
+			} else {
+				b.dns = append(b.dns, s)
+			}
+		}
+	}
+}
