@@ -2,7 +2,11 @@ package approver
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"net"
+	"net/netip"
+	"slices"
 	"sync"
 	"time"
 
@@ -15,6 +19,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/utils/clock"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/nodecsr/nodecsr/config"
 )
 
 // FactGatherer collects the cluster facts a decision still needs. The
@@ -49,6 +55,12 @@ type Gatherer struct {
 	Heartbeats HeartbeatLookup
 	// Pending looks at the other CSRs for the node (FactPending).
 	Pending PendingLookup
+	// Addresses reads the Node's addresses and finds the other Nodes that
+	// report a requested SAN (FactAddresses, FactNeighbours; serving only).
+	Addresses AddressLookup
+	// Resolver resolves the DNS SANs (FactDNS; serving.resolveDNS only),
+	// each lookup bounded by serving.resolveDNS.timeoutSeconds.
+	Resolver Resolver
 	// Clock stamps Facts.Now.
 	Clock clock.PassiveClock
 }
@@ -87,7 +99,198 @@ func (g *Gatherer) Gather(ctx context.Context, r *Request, need Fact) (Facts, er
 		}
 		f.NewerPendingForNode, f.PendingForNode = &newer, &older
 	}
+	if g.Addresses != nil {
+		if err := g.gatherAddresses(ctx, r, need, &f); err != nil {
+			return f, err
+		}
+	}
+	if need.Has(FactDNS) && g.Resolver != nil && (f.NodeAddresses == nil || f.NodeAddresses.Exists) {
+		// Not for a Node that does not exist: the CSR waits for it anyway.
+		resolved, err := g.resolve(ctx, r)
+		if err != nil {
+			return f, &FactError{Fact: FactDNS, Err: err}
+		}
+		f.Resolved = resolved
+	}
 	return f, nil
+}
+
+func (g *Gatherer) gatherAddresses(ctx context.Context, r *Request, need Fact, f *Facts) error {
+	if need.Has(FactAddresses) || need.Has(FactDNS) {
+		na, err := g.Addresses.NodeAddresses(ctx, r.NodeName)
+		if err != nil {
+			return &FactError{Fact: FactAddresses, Err: err}
+		}
+		f.NodeAddresses = na
+	}
+	if need.Has(FactNeighbours) {
+		f.Neighbours = map[string][]string{}
+		for _, key := range r.SANKeys() {
+			names, err := g.Addresses.NodesWithAddress(ctx, key)
+			if err != nil {
+				return &FactError{Fact: FactNeighbours, Err: err}
+			}
+			names = slices.DeleteFunc(names, func(n string) bool { return n == r.NodeName })
+			if len(names) > 0 {
+				slices.Sort(names)
+				f.Neighbours[key] = names
+			}
+		}
+	}
+	return nil
+}
+
+// resolve looks every DNS SAN up. A name that does not exist is a fact
+// (NotFound); any other failure (a timeout, a server failure) is an error,
+// so the CSR is retried rather than denied.
+func (g *Gatherer) resolve(ctx context.Context, r *Request) (map[string]Resolution, error) {
+	timeout := config.DefaultResolveTimeoutSeconds * time.Second
+	if r.policy != nil {
+		timeout = r.policy.Serving.ResolveTimeout
+	}
+	out := make(map[string]Resolution, len(r.DNSNames))
+	for _, name := range r.DNSNames {
+		key := NodeAddressKey(name)
+		if _, done := out[key]; done {
+			continue
+		}
+		lctx, cancel := context.WithTimeout(ctx, timeout)
+		ips, err := g.Resolver.LookupNetIP(lctx, "ip", name)
+		cancel()
+		var dnsErr *net.DNSError
+		switch {
+		case errors.As(err, &dnsErr) && dnsErr.IsNotFound:
+			out[key] = Resolution{NotFound: true}
+		case err != nil:
+			return nil, fmt.Errorf("failed to resolve %q: %w", name, err)
+		default:
+			res := Resolution{NotFound: len(ips) == 0}
+			for _, ip := range ips {
+				res.IPs = append(res.IPs, ip.Unmap())
+			}
+			out[key] = res
+		}
+	}
+	return out, nil
+}
+
+// Resolver resolves a DNS name (*net.Resolver is one).
+type Resolver interface {
+	LookupNetIP(ctx context.Context, network, host string) ([]netip.Addr, error)
+}
+
+// AddressLookup reads Node addresses for serving CSRs.
+type AddressLookup interface {
+	// NodeAddresses returns the Node's addresses; Exists is false when
+	// there is no Node of that name.
+	NodeAddresses(ctx context.Context, name string) (*NodeAddresses, error)
+	// NodesWithAddress names the Nodes that report an address whose
+	// NodeAddressKey is key.
+	NodesWithAddress(ctx context.Context, key string) ([]string, error)
+}
+
+// CachedNodeAddresses reads the typed Node cache that serving sets up
+// (CacheOptions, IndexNodeAddress).
+type CachedNodeAddresses struct {
+	Reader client.Reader
+}
+
+// NodeAddresses implements AddressLookup.
+func (c CachedNodeAddresses) NodeAddresses(ctx context.Context, name string) (*NodeAddresses, error) {
+	return nodeAddresses(ctx, c.Reader, name)
+}
+
+// NodesWithAddress implements AddressLookup, through the IndexNodeAddress
+// index.
+func (c CachedNodeAddresses) NodesWithAddress(ctx context.Context, key string) ([]string, error) {
+	var list corev1.NodeList
+	if err := c.Reader.List(ctx, &list, client.MatchingFields{IndexNodeAddress: key}); err != nil {
+		return nil, fmt.Errorf("failed to look up the Nodes with address %q: %w", key, err)
+	}
+	names := make([]string, 0, len(list.Items))
+	for i := range list.Items {
+		names = append(names, list.Items[i].Name)
+	}
+	return names, nil
+}
+
+// ListedNodeAddresses asks the API server (for explain, which has no
+// cache): it lists every Node once per lookup.
+type ListedNodeAddresses struct {
+	Reader client.Reader
+}
+
+// NodeAddresses implements AddressLookup.
+func (l ListedNodeAddresses) NodeAddresses(ctx context.Context, name string) (*NodeAddresses, error) {
+	return nodeAddresses(ctx, l.Reader, name)
+}
+
+// NodesWithAddress implements AddressLookup.
+func (l ListedNodeAddresses) NodesWithAddress(ctx context.Context, key string) ([]string, error) {
+	var list corev1.NodeList
+	if err := l.Reader.List(ctx, &list); err != nil {
+		return nil, fmt.Errorf("failed to list Nodes: %w", err)
+	}
+	var names []string
+	for i := range list.Items {
+		if slices.Contains(IndexNodeByAddress(&list.Items[i]), key) {
+			names = append(names, list.Items[i].Name)
+		}
+	}
+	return names, nil
+}
+
+func nodeAddresses(ctx context.Context, r client.Reader, name string) (*NodeAddresses, error) {
+	node := &corev1.Node{}
+	err := r.Get(ctx, client.ObjectKey{Name: name}, node)
+	switch {
+	case apierrors.IsNotFound(err):
+		return &NodeAddresses{}, nil
+	case err != nil:
+		return nil, fmt.Errorf("failed to read the addresses of node %q: %w", name, err)
+	}
+	return NodeAddressesOf(node.Status.Addresses), nil
+}
+
+// IndexNodeAddress indexes the typed Node cache by every address a Node
+// reports (NodeAddressKey), to find the Nodes that report a requested SAN.
+// Only with serving.
+const IndexNodeAddress = "nodecsr.io/node-address"
+
+// IndexNodeByAddress is the index function for IndexNodeAddress.
+func IndexNodeByAddress(obj client.Object) []string {
+	node, ok := obj.(*corev1.Node)
+	if !ok {
+		return nil
+	}
+	keys := make([]string, 0, len(node.Status.Addresses))
+	for _, a := range node.Status.Addresses {
+		if a.Address == "" {
+			continue
+		}
+		if k := NodeAddressKey(a.Address); !slices.Contains(keys, k) {
+			keys = append(keys, k)
+		}
+	}
+	return keys
+}
+
+// TrimNode is the typed Node cache's transform: it keeps only what nodecsr
+// reads (name, UID, resource version, creation and deletion time, the
+// addresses). Node objects are large (images, conditions, capacity).
+func TrimNode(obj any) (any, error) {
+	n, ok := obj.(*corev1.Node)
+	if !ok {
+		return obj, nil
+	}
+	return &corev1.Node{
+		TypeMeta: n.TypeMeta,
+		ObjectMeta: metav1.ObjectMeta{
+			Name: n.Name, UID: n.UID, ResourceVersion: n.ResourceVersion,
+			CreationTimestamp: n.CreationTimestamp, DeletionTimestamp: n.DeletionTimestamp,
+		},
+		Status: corev1.NodeStatus{Addresses: n.Status.Addresses},
+	}, nil
 }
 
 // Authorizer answers whether a CSR's requester may create the given
@@ -134,14 +337,17 @@ type NodeLookup interface {
 	NodeExists(ctx context.Context, name string) (bool, error)
 }
 
-// CachedNodes looks Nodes up in a metadata-only informer cache.
+// CachedNodes looks Nodes up in the informer cache: metadata only, or typed
+// Nodes when the cache was set up for serving (Serving).
 type CachedNodes struct {
 	Reader client.Reader
+	// Serving: the cache holds typed Nodes (CacheOptions(true)).
+	Serving bool
 }
 
 // NodeExists implements NodeLookup.
 func (n CachedNodes) NodeExists(ctx context.Context, name string) (bool, error) {
-	err := n.Reader.Get(ctx, client.ObjectKey{Name: name}, NodeMetadata())
+	err := n.Reader.Get(ctx, client.ObjectKey{Name: name}, NodeObject(n.Serving))
 	switch {
 	case err == nil:
 		return true, nil
@@ -171,6 +377,8 @@ type LeaseHeartbeats struct {
 	Leases client.Reader
 	// Nodes reads Node metadata (the controller's cache).
 	Nodes client.Reader
+	// Serving: the cache holds typed Nodes (CacheOptions(true)).
+	Serving bool
 }
 
 // LastHeartbeat implements HeartbeatLookup.
@@ -183,7 +391,7 @@ func (h LeaseHeartbeats) LastHeartbeat(ctx context.Context, name string) (time.T
 	case err != nil && !apierrors.IsNotFound(err):
 		return time.Time{}, fmt.Errorf("failed to read the Lease of node %q: %w", name, err)
 	}
-	node := NodeMetadata()
+	node := NodeObject(h.Serving)
 	if err := h.Nodes.Get(ctx, client.ObjectKey{Name: name}, node); err != nil {
 		return time.Time{}, fmt.Errorf("failed to read node %q: %w", name, err)
 	}
@@ -212,7 +420,7 @@ func (p IndexedPending) PendingAround(ctx context.Context, csr *certificatesv1.C
 	return newer, older, nil
 }
 
-// ListedPending lists the kubelet client CSRs from the API server (for
+// ListedPending lists the CSRs of the same signer from the API server (for
 // explain, which has no cache).
 type ListedPending struct {
 	Reader client.Reader
@@ -221,18 +429,29 @@ type ListedPending struct {
 // PendingAround implements PendingLookup.
 func (p ListedPending) PendingAround(ctx context.Context, csr *certificatesv1.CertificateSigningRequest, node string) (bool, int, error) {
 	var list certificatesv1.CertificateSigningRequestList
-	if err := p.Reader.List(ctx, &list, client.MatchingFields{"spec.signerName": KubeletClientSigner}); err != nil {
-		return false, 0, fmt.Errorf("failed to list kubelet client CSRs: %w", err)
+	if err := p.Reader.List(ctx, &list, client.MatchingFields{"spec.signerName": csr.Spec.SignerName}); err != nil {
+		return false, 0, fmt.Errorf("failed to list the CSRs of signer %q: %w", csr.Spec.SignerName, err)
 	}
 	newer, older := PendingAround(csr, node, list.Items)
 	return newer, older, nil
 }
 
-// NodeMetadata is an empty metadata-only Node, the type the cache holds.
+// NodeMetadata is an empty metadata-only Node, the type the cache holds
+// without serving.
 func NodeMetadata() *metav1.PartialObjectMetadata {
 	m := &metav1.PartialObjectMetadata{}
 	m.SetGroupVersionKind(corev1.SchemeGroupVersion.WithKind("Node"))
 	return m
+}
+
+// NodeObject is an empty Node of the type the cache holds: metadata only,
+// or, with serving (CacheOptions(true)), a typed Node trimmed by TrimNode.
+// One type only, so that the cache runs one Node watch.
+func NodeObject(serving bool) client.Object {
+	if serving {
+		return &corev1.Node{}
+	}
+	return NodeMetadata()
 }
 
 // IndexNodeName indexes the CSR cache by the node name in the subject. It
@@ -277,14 +496,15 @@ func newerThan(a, b *certificatesv1.CertificateSigningRequest) bool {
 }
 
 // PendingAround looks through others for CSRs for the same node name from the
-// same requester as csr. newer: one that is newer and pending, or approved
+// same requester, for the same signer, as csr (a node's client and serving
+// CSRs never supersede each other). newer: one that is newer and pending, or approved
 // and created in a later second, supersedes csr (once the newest of a burst
 // is approved, an older duplicate decided later must not be approved as
 // well). older: how many older ones are still pending.
 func PendingAround(csr *certificatesv1.CertificateSigningRequest, node string, others []certificatesv1.CertificateSigningRequest) (newer bool, older int) {
 	for i := range others {
 		other := &others[i]
-		if other.Name == csr.Name || other.Spec.Username != csr.Spec.Username {
+		if other.Name == csr.Name || other.Spec.Username != csr.Spec.Username || other.Spec.SignerName != csr.Spec.SignerName {
 			continue
 		}
 		pending := IsPending(other)

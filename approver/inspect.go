@@ -35,6 +35,8 @@ type Request struct {
 	ParseError string
 
 	req *request // nil when the request did not parse
+	// policy is the policy the request was inspected for.
+	policy *config.Effective
 
 	// CommonName is the subject's common name as the signer reads it.
 	CommonName string
@@ -68,7 +70,7 @@ type Request struct {
 // Inspect parses a CSR for policy p. It is pure and never panics; whatever
 // does not parse is recorded for the rules to report.
 func Inspect(p *config.Effective, csr *certificatesv1.CertificateSigningRequest) *Request {
-	r := &Request{CSR: csr, Signer: SignerOf(csr.Spec.SignerName)}
+	r := &Request{CSR: csr, Signer: SignerOf(csr.Spec.SignerName), policy: p}
 	raw := csr.Spec.Request
 	switch {
 	case len(raw) > p.Keys.MaxRequestBytes:

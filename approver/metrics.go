@@ -27,13 +27,13 @@ func NewMetrics(reg prometheus.Registerer, pending client.Reader) *Metrics {
 	m := &Metrics{
 		Decisions: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "nodecsr_decisions_total",
-			Help: "Decisions on kubelet client CSRs, by decision (Approve, Deny, Ignore, WouldApprove, WouldDeny), reason code and path (Renewal, Bootstrap or empty).",
-		}, []string{"decision", "reason", "path"}),
+			Help: "Decisions on kubelet CSRs, by decision (Approve, Deny, Ignore, WouldApprove, WouldDeny), reason code, path (Renewal, Bootstrap, Serving or empty) and signer (client, serving).",
+		}, []string{"decision", "reason", "path", "signer"}),
 		DecisionLatency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "nodecsr_decision_latency_seconds",
-			Help:    "Time from a CSR's creation to nodecsr's written decision (creation timestamps have one-second resolution).",
+			Help:    "Time from a CSR's creation to nodecsr's written decision, by decision and signer (client, serving); creation timestamps have one-second resolution.",
 			Buckets: []float64{0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600},
-		}, []string{"decision"}),
+		}, []string{"decision", "signer"}),
 		DecidedElsewhere: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "nodecsr_decided_elsewhere_total",
 			Help: "CSRs that someone else approved or denied before nodecsr's decision was written; nodecsr left them alone.",
@@ -62,7 +62,7 @@ func NewMetrics(reg prometheus.Registerer, pending client.Reader) *Metrics {
 	collectors := []prometheus.Collector{m.Decisions, m.DecisionLatency, m.DecidedElsewhere, m.WriteConflicts, m.EventErrors, m.FactErrors, m.EventQueueDepth, m.EventsAbandoned}
 	if pending != nil {
 		collectors = append(collectors, pendingCollector{reader: pending, desc: prometheus.NewDesc(
-			"nodecsr_pending_csrs", "Kubelet client CSRs without a decision or certificate, from nodecsr's cache.", nil, nil)})
+			"nodecsr_pending_csrs", "Kubelet CSRs (client, and serving when enabled at startup) without a decision or certificate, from nodecsr's cache.", nil, nil)})
 	}
 	reg.MustRegister(collectors...)
 	return m
@@ -84,7 +84,8 @@ func (c pendingCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	n := 0
 	for i := range list.Items {
-		if IsPending(&list.Items[i]) {
+		// With serving the cache holds other signers' CSRs too.
+		if IsPending(&list.Items[i]) && SignerOf(list.Items[i].Spec.SignerName) != SignerOther {
 			n++
 		}
 	}

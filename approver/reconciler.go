@@ -10,6 +10,7 @@ import (
 	"golang.org/x/time/rate"
 	certificatesv1 "k8s.io/api/certificates/v1"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
@@ -73,6 +74,11 @@ type Reconciler struct {
 	Clock clock.PassiveClock
 	// Expiry, when set, is fed every issued kubelet client certificate.
 	Expiry *ExpiryTracker
+	// Serving: the manager's cache was set up for serving
+	// (CacheOptions(true)): it holds every CSR and typed Nodes with their
+	// addresses, and serving CSRs are reconciled (and decided while the
+	// policy's serving.enabled is true).
+	Serving bool
 	// EventWorkers write the decision Events (default 16); at most
 	// MaxPendingEvents wait to be written (default 10000: beyond it a
 	// reconcile waits for room); on shutdown the writer drains for at most
@@ -100,18 +106,56 @@ func (r *Reconciler) events() *eventWriter {
 	return r.writer
 }
 
-// CacheOptions restricts the manager's cache to what the approver needs:
-// kubelet client CSRs only (field selector on spec.signerName), without
-// managedFields. Nodes are cached as metadata only by SetupWithManager.
-func CacheOptions() cache.Options {
+// CacheOptions restricts the manager's cache to what the approver needs,
+// without managedFields. Without serving: kubelet client CSRs only (a field
+// selector on spec.signerName), and Nodes as metadata only. With serving
+// (decided at startup: field selectors cannot OR two signers): every CSR,
+// those of other signers stripped of their request and certificate and
+// filtered out before any work, and typed Nodes trimmed to their addresses
+// (TrimNode).
+func CacheOptions(serving bool) cache.Options {
+	if !serving {
+		return cache.Options{
+			DefaultTransform: cache.TransformStripManagedFields(),
+			ByObject: map[client.Object]cache.ByObject{
+				&certificatesv1.CertificateSigningRequest{}: {
+					Field: fields.OneTermEqualSelector("spec.signerName", KubeletClientSigner),
+				},
+			},
+		}
+	}
 	return cache.Options{
 		DefaultTransform: cache.TransformStripManagedFields(),
 		ByObject: map[client.Object]cache.ByObject{
-			&certificatesv1.CertificateSigningRequest{}: {
-				Field: fields.OneTermEqualSelector("spec.signerName", KubeletClientSigner),
-			},
+			&certificatesv1.CertificateSigningRequest{}: {Transform: trimForeignCSR},
+			&corev1.Node{}: {Transform: TrimNode},
 		},
 	}
+}
+
+// trimForeignCSR keeps of a CSR for a signer nodecsr does not decide only
+// what says it is not ours: its metadata, signer and conditions.
+func trimForeignCSR(obj any) (any, error) {
+	csr, ok := obj.(*certificatesv1.CertificateSigningRequest)
+	if !ok {
+		return obj, nil
+	}
+	csr.ManagedFields = nil
+	if SignerOf(csr.Spec.SignerName) == SignerOther {
+		csr.Spec.Request, csr.Status.Certificate = nil, nil
+	}
+	return csr, nil
+}
+
+// ours reports whether the reconciler decides CSRs of this signer.
+func (r *Reconciler) ours(signer string) bool {
+	switch SignerOf(signer) {
+	case SignerClient:
+		return true
+	case SignerServing:
+		return r.Serving
+	}
+	return false
 }
 
 // SetupWithManager registers the indexes and the controller.
@@ -124,6 +168,11 @@ func (r *Reconciler) SetupWithManager(ctx context.Context, mgr ctrl.Manager, wor
 	if err := idx.IndexField(ctx, &certificatesv1.CertificateSigningRequest{}, IndexNodeName, IndexCSRByNodeName); err != nil {
 		return fmt.Errorf("failed to index CSRs by node name: %w", err)
 	}
+	if r.Serving {
+		if err := idx.IndexField(ctx, &corev1.Node{}, IndexNodeAddress, IndexNodeByAddress); err != nil {
+			return fmt.Errorf("failed to index Nodes by address: %w", err)
+		}
+	}
 	if r.Expiry != nil {
 		if err := r.trackExpiry(ctx, mgr); err != nil {
 			return err
@@ -131,12 +180,17 @@ func (r *Reconciler) SetupWithManager(ctx context.Context, mgr ctrl.Manager, wor
 	}
 	ours := predicate.NewPredicateFuncs(func(o client.Object) bool {
 		csr, ok := o.(*certificatesv1.CertificateSigningRequest)
-		return ok && csr.Spec.SignerName == KubeletClientSigner && IsPending(csr)
+		return ok && r.ours(csr.Spec.SignerName) && IsPending(csr)
 	})
 	// A Node that appears or goes away can change the verdict on CSRs left
-	// pending for it (onViolation: LeavePending).
+	// pending for it (onViolation: LeavePending); with serving, so can a
+	// change of its addresses (WaitingForNodeAddresses).
 	nodeLifecycle := predicate.Funcs{
-		UpdateFunc:  func(event.UpdateEvent) bool { return false },
+		UpdateFunc: func(e event.UpdateEvent) bool {
+			o, ok1 := e.ObjectOld.(*corev1.Node)
+			n, ok2 := e.ObjectNew.(*corev1.Node)
+			return ok1 && ok2 && !equality.Semantic.DeepEqual(o.Status.Addresses, n.Status.Addresses)
+		},
 		GenericFunc: func(event.GenericEvent) bool { return false },
 	}
 	// The decision Event writer runs while this replica leads; it drains on
@@ -155,10 +209,15 @@ func (r *Reconciler) SetupWithManager(ctx context.Context, mgr ctrl.Manager, wor
 	if err != nil {
 		return err
 	}
-	return ctrl.NewControllerManagedBy(mgr).
+	b := ctrl.NewControllerManagedBy(mgr).
 		Named("nodecsr-approver").
-		For(&certificatesv1.CertificateSigningRequest{}, builder.WithPredicates(ours)).
-		WatchesMetadata(NodeMetadata(), handler.EnqueueRequestsFromMapFunc(r.csrsForNode), builder.WithPredicates(nodeLifecycle)).
+		For(&certificatesv1.CertificateSigningRequest{}, builder.WithPredicates(ours))
+	if r.Serving {
+		b = b.Watches(&corev1.Node{}, handler.EnqueueRequestsFromMapFunc(r.csrsForNode), builder.WithPredicates(nodeLifecycle))
+	} else {
+		b = b.WatchesMetadata(NodeMetadata(), handler.EnqueueRequestsFromMapFunc(r.csrsForNode), builder.WithPredicates(nodeLifecycle))
+	}
+	return b.
 		WatchesRawSource(source.Channel(r.reloads, &handler.TypedEnqueueRequestForObject[*certificatesv1.CertificateSigningRequest]{})).
 		WithOptions(controller.Options{MaxConcurrentReconciles: workers, RateLimiter: retryLimiter()}).
 		Complete(r)
@@ -203,7 +262,7 @@ func (r *Reconciler) trackExpiry(ctx context.Context, mgr ctrl.Manager) error {
 	if err != nil {
 		return fmt.Errorf("failed to watch CSRs for certificate expiry: %w", err)
 	}
-	nodes, err := mgr.GetCache().GetInformer(ctx, NodeMetadata())
+	nodes, err := mgr.GetCache().GetInformer(ctx, NodeObject(r.Serving))
 	if err != nil {
 		return fmt.Errorf("failed to get the Node informer: %w", err)
 	}
@@ -231,7 +290,7 @@ func (r *Reconciler) csrsForNode(ctx context.Context, node client.Object) []reco
 	}
 	var reqs []reconcile.Request
 	for i := range list.Items {
-		if IsPending(&list.Items[i]) {
+		if IsPending(&list.Items[i]) && r.ours(list.Items[i].Spec.SignerName) {
 			reqs = append(reqs, reconcile.Request{NamespacedName: types.NamespacedName{Name: list.Items[i].Name}})
 		}
 	}
@@ -247,7 +306,7 @@ func (r *Reconciler) PolicyChanged(ctx context.Context) {
 		return
 	}
 	for i := range list.Items {
-		if !IsPending(&list.Items[i]) {
+		if !IsPending(&list.Items[i]) || !r.ours(list.Items[i].Spec.SignerName) {
 			continue
 		}
 		select {
@@ -264,11 +323,11 @@ func (r *Reconciler) Reconcile(ctx context.Context, req reconcile.Request) (reco
 	if err := r.Client.Get(ctx, req.NamespacedName, csr); err != nil {
 		return reconcile.Result{}, client.IgnoreNotFound(err)
 	}
-	if csr.Spec.SignerName != KubeletClientSigner || !IsPending(csr) {
+	if !r.ours(csr.Spec.SignerName) || !IsPending(csr) {
 		return reconcile.Result{}, nil
 	}
 	policy := r.Policy()
-	l := log.FromContext(ctx).WithValues("csr", csr.Name, "requester", csr.Spec.Username, "policy", policy.Digest)
+	l := log.FromContext(ctx).WithValues("csr", csr.Name, "signer", SignerOf(csr.Spec.SignerName).String(), "requester", csr.Spec.Username, "policy", policy.Digest)
 	ctx = log.IntoContext(ctx, l)
 
 	// Inspect once; the static decision first, so a hopeless CSR costs no
@@ -343,8 +402,8 @@ func (r *Reconciler) record(ctx context.Context, policy *config.Effective, csr *
 			return reconcile.Result{}, fmt.Errorf("failed to write %s for CSR %q: %w", condType, csr.Name, err)
 		}
 	}
-	r.Metrics.Decisions.WithLabelValues(string(d.Verdict), d.Reason, string(d.Path)).Inc()
-	r.Metrics.DecisionLatency.WithLabelValues(string(d.Verdict)).Observe(now.Sub(csr.CreationTimestamp.Time).Seconds())
+	r.Metrics.Decisions.WithLabelValues(string(d.Verdict), d.Reason, string(d.Path), d.Signer.String()).Inc()
+	r.Metrics.DecisionLatency.WithLabelValues(string(d.Verdict), d.Signer.String()).Observe(now.Sub(csr.CreationTimestamp.Time).Seconds())
 	l.Info("Decided CSR", "decision", d.Verdict, "reason", d.Reason, "path", d.Path, "node", d.NodeName, "message", d.Message)
 	// The Event is written by the Event writer, which holds it until it is
 	// written (retrying through an outage); the CSR is done.
@@ -388,7 +447,7 @@ func (r *Reconciler) report(ctx context.Context, policy *config.Effective, csr *
 	if !r.reported.add(string(csr.UID) + "/" + key) {
 		return
 	}
-	r.Metrics.Decisions.WithLabelValues(label, d.Reason, string(d.Path)).Inc()
+	r.Metrics.Decisions.WithLabelValues(label, d.Reason, string(d.Path), d.Signer.String()).Inc()
 	log.FromContext(ctx).Info("Decided CSR without writing a condition", "decision", label, "reason", d.Reason, "path", d.Path, "node", d.NodeName, "message", d.Message)
 	eventType := corev1.EventTypeNormal
 	if d.Verdict == Deny || d.Reason != ReasonRateLimited && d.Verdict == Ignore {

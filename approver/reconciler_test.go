@@ -73,6 +73,7 @@ func newHarnessWith(t *testing.T, policyYAML string, funcs interceptor.Funcs, co
 		WithObjects(objs...).
 		WithStatusSubresource(&certificatesv1.CertificateSigningRequest{}).
 		WithIndex(&certificatesv1.CertificateSigningRequest{}, IndexNodeName, IndexCSRByNodeName).
+		WithIndex(&corev1.Node{}, IndexNodeAddress, IndexNodeByAddress).
 		WithInterceptorFuncs(funcs).
 		Build()
 	p := config.Default()
@@ -182,7 +183,7 @@ func TestReconcileApprovesWithOneWriteAndOneEvent(t *testing.T) {
 	if len(ev) != 1 || ev[0].Reason != ReasonRenewalApproved || ev[0].Type != corev1.EventTypeNormal || ev[0].Regarding.Name != "renewal" {
 		t.Fatalf("events %+v", ev)
 	}
-	if v := testutil.ToFloat64(h.r.Metrics.Decisions.WithLabelValues("Approve", ReasonRenewalApproved, "Renewal")); v != 1 {
+	if v := testutil.ToFloat64(h.r.Metrics.Decisions.WithLabelValues("Approve", ReasonRenewalApproved, "Renewal", "client")); v != 1 {
 		t.Fatalf("decisions counter %v", v)
 	}
 }
@@ -260,7 +261,7 @@ func TestReconcileDryRunReportsOnce(t *testing.T) {
 	if len(ev) != 1 || ev[0].Action != "WouldApprove" || ev[0].Reason != ReasonRenewalApproved {
 		t.Fatalf("events %+v", ev)
 	}
-	if v := testutil.ToFloat64(h.r.Metrics.Decisions.WithLabelValues("WouldApprove", ReasonRenewalApproved, "Renewal")); v != 1 {
+	if v := testutil.ToFloat64(h.r.Metrics.Decisions.WithLabelValues("WouldApprove", ReasonRenewalApproved, "Renewal", "client")); v != 1 {
 		t.Fatalf("WouldApprove counted %v times", v)
 	}
 }

@@ -42,6 +42,9 @@ func (r *Reconciler) repairDecisionEvents(ctx context.Context) error {
 	var todo []candidate
 	for i := range list.Items {
 		csr := &list.Items[i]
+		if !r.ours(csr.Spec.SignerName) {
+			continue // with serving, the cache holds other signers' CSRs
+		}
 		for _, c := range csr.Status.Conditions {
 			if c.Type != certificatesv1.CertificateApproved && c.Type != certificatesv1.CertificateDenied {
 				continue

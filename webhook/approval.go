@@ -14,7 +14,6 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
 
-	"github.com/nodecsr/nodecsr/approver"
 	"github.com/nodecsr/nodecsr/config"
 	"github.com/nodecsr/nodecsr/internal/text"
 )
@@ -47,7 +46,8 @@ var _ admission.Handler = (*approvalGuard)(nil)
 // Handle implements admission.Handler.
 func (g *approvalGuard) Handle(ctx context.Context, req admission.Request) (resp admission.Response) {
 	defer g.metrics.admitOnPanic(ctx, opApproval, &resp)
-	guard := g.policy().Guard
+	p := g.policy()
+	guard := p.Guard
 	if guard.Mode == config.GuardOff {
 		g.metrics.inc(opApproval, resultAllowed, reasonGuardOff)
 		return admission.Allowed("")
@@ -56,7 +56,7 @@ func (g *approvalGuard) Handle(ctx context.Context, req admission.Request) (resp
 		g.metrics.inc(opApproval, resultAllowed, reasonNotApproval)
 		return admission.Allowed("")
 	}
-	csr, resp, ok := g.metrics.kubeletCSR(ctx, opApproval, req.Object, false)
+	csr, resp, ok := g.metrics.kubeletCSR(ctx, opApproval, req.Object, false, p)
 	if !ok {
 		return resp
 	}
@@ -75,7 +75,7 @@ func (g *approvalGuard) Handle(ctx context.Context, req admission.Request) (resp
 		return admission.Allowed("")
 	}
 
-	msg := notAllowedMessage(req.UserInfo.Username, &guard)
+	msg := notAllowedMessage(req.UserInfo.Username, csr, &guard)
 	l := log.FromContext(ctx).WithValues("csr", csr.Name, "approver", req.UserInfo.Username, "mode", guard.Mode)
 	dryRun := req.DryRun != nil && *req.DryRun
 	if guard.Mode == config.GuardEnforce {
@@ -129,12 +129,12 @@ func allowedApprover(self string, g *config.GuardRules, user string, groups []st
 	return ""
 }
 
-func notAllowedMessage(user string, g *config.GuardRules) string {
+func notAllowedMessage(user string, csr *certificatesv1.CertificateSigningRequest, g *config.GuardRules) string {
 	var b strings.Builder
 	b.WriteString("user ")
 	b.WriteString(strconv.QuoteToASCII(truncate(user)))
-	b.WriteString(" may not approve kubelet client certificate requests (signer ")
-	b.WriteString(approver.KubeletClientSigner)
+	b.WriteString(" may not approve " + kind(csr) + " certificate requests (signer ")
+	b.WriteString(csr.Spec.SignerName)
 	b.WriteString("): nodecsr decides them; only nodecsr")
 	if len(g.AllowedUsers) > 0 {
 		b.WriteString(", users ")

@@ -26,11 +26,21 @@ const (
 // adds to a node's request.
 const DefaultTimeoutSeconds = 3
 
-// signerMatch sends only kubelet client CSRs to the webhooks. On the
-// approval subresource, object is the CSR too.
-var signerMatch = admissionregistrationv1.MatchCondition{
-	Name:       "kubelet-client-signer",
-	Expression: "object.spec.signerName == " + strconv.Quote(certificatesv1.KubeAPIServerClientKubeletSignerName),
+// signerMatch sends only kubelet client CSRs to the webhooks, and kubelet
+// serving CSRs too with serving. On the approval subresource, object is the
+// CSR too.
+func signerMatch(serving bool) admissionregistrationv1.MatchCondition {
+	if serving {
+		return admissionregistrationv1.MatchCondition{
+			Name: "kubelet-signers",
+			Expression: "object.spec.signerName in [" + strconv.Quote(certificatesv1.KubeAPIServerClientKubeletSignerName) +
+				", " + strconv.Quote(certificatesv1.KubeletServingSignerName) + "]",
+		}
+	}
+	return admissionregistrationv1.MatchCondition{
+		Name:       "kubelet-client-signer",
+		Expression: "object.spec.signerName == " + strconv.Quote(certificatesv1.KubeAPIServerClientKubeletSignerName),
+	}
 }
 
 // ConfigOptions says where the API server reaches the webhooks. Give
@@ -61,6 +71,11 @@ type ConfigOptions struct {
 	ApprovalGuardFailurePolicy admissionregistrationv1.FailurePolicyType
 	// Labels and Annotations are copied onto both objects.
 	Labels, Annotations map[string]string
+	// Serving sends kubelet serving CSRs (signer kubernetes.io/kubelet-serving)
+	// to the webhooks too; set it with the policy's serving.enabled, so
+	// that a cluster whose serving CSRs another approver decides never
+	// calls nodecsr for them.
+	Serving bool
 }
 
 // Validate reports what is wrong with the options.
@@ -154,7 +169,7 @@ func MutatingWebhookConfiguration(o ConfigOptions) (*admissionregistrationv1.Mut
 			TimeoutSeconds:          o.timeout(),
 			AdmissionReviewVersions: []string{"v1"},
 			ReinvocationPolicy:      &never,
-			MatchConditions:         []admissionregistrationv1.MatchCondition{signerMatch},
+			MatchConditions:         []admissionregistrationv1.MatchCondition{signerMatch(o.Serving)},
 		}},
 	}, nil
 }
@@ -176,7 +191,7 @@ func ValidatingWebhookConfiguration(o ConfigOptions) (*admissionregistrationv1.V
 	none := admissionregistrationv1.SideEffectClassNone
 	noneOnDryRun := admissionregistrationv1.SideEffectClassNoneOnDryRun
 	equivalent := admissionregistrationv1.Equivalent
-	guardMatch := []admissionregistrationv1.MatchCondition{signerMatch}
+	guardMatch := []admissionregistrationv1.MatchCondition{signerMatch(o.Serving)}
 	if o.Self != "" {
 		guardMatch = append(guardMatch, admissionregistrationv1.MatchCondition{
 			Name:       "not-nodecsr",
@@ -196,7 +211,7 @@ func ValidatingWebhookConfiguration(o ConfigOptions) (*admissionregistrationv1.V
 				SideEffects:             &none,
 				TimeoutSeconds:          o.timeout(),
 				AdmissionReviewVersions: []string{"v1"},
-				MatchConditions:         []admissionregistrationv1.MatchCondition{signerMatch},
+				MatchConditions:         []admissionregistrationv1.MatchCondition{signerMatch(o.Serving)},
 			},
 			{
 				Name:                    WebhookNameApproval,

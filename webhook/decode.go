@@ -14,13 +14,15 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
 
 	"github.com/nodecsr/nodecsr/approver"
+	"github.com/nodecsr/nodecsr/config"
 )
 
 // kubeletCSR is the opening every handler shares: decode obj and keep it
-// only when it is a kubelet client CSR. Otherwise ok is false and resp is
-// the answer: allowed for another signer; for an object that does not
-// decode, allowed (failOpen, the mutating webhook) or a 400.
-func (m *metrics) kubeletCSR(ctx context.Context, op string, obj runtime.RawExtension, failOpen bool) (csr *certificatesv1.CertificateSigningRequest, resp admission.Response, ok bool) {
+// only when it is a kubelet client CSR, or a kubelet serving CSR while the
+// policy p enables serving. Otherwise ok is false and resp is the answer:
+// allowed for another signer; for an object that does not decode, allowed
+// (failOpen, the mutating webhook) or a 400.
+func (m *metrics) kubeletCSR(ctx context.Context, op string, obj runtime.RawExtension, failOpen bool, p *config.Effective) (csr *certificatesv1.CertificateSigningRequest, resp admission.Response, ok bool) {
 	csr, err := decodeCSR(obj)
 	switch {
 	case err != nil && failOpen:
@@ -31,11 +33,30 @@ func (m *metrics) kubeletCSR(ctx context.Context, op string, obj runtime.RawExte
 		m.inc(op, resultError, reasonDecodeError)
 		log.FromContext(ctx).Error(err, "Failed to decode the admission request")
 		return nil, admission.Errored(http.StatusBadRequest, err), false
-	case csr.Spec.SignerName != approver.KubeletClientSigner:
+	case !decides(p, csr.Spec.SignerName):
 		m.inc(op, resultAllowed, approver.ReasonNotKubeletClientSigner)
 		return nil, admission.Allowed(""), false
 	}
 	return csr, admission.Response{}, true
+}
+
+// decides reports whether nodecsr decides CSRs of signer under policy p.
+func decides(p *config.Effective, signer string) bool {
+	switch approver.SignerOf(signer) {
+	case approver.SignerClient:
+		return true
+	case approver.SignerServing:
+		return p.Serving.Enabled
+	}
+	return false
+}
+
+// kind names the kind of CSR for messages.
+func kind(csr *certificatesv1.CertificateSigningRequest) string {
+	if approver.SignerOf(csr.Spec.SignerName) == approver.SignerServing {
+		return "kubelet serving"
+	}
+	return "kubelet client"
 }
 
 // decodeCSR decodes a CertificateSigningRequest from an admission request's

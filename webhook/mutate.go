@@ -36,13 +36,13 @@ func (m *mutator) Handle(ctx context.Context, req admission.Request) (resp admis
 		m.metrics.inc(opMutate, resultAllowed, reasonNotCreate)
 		return admission.Allowed("")
 	}
-	orig, resp, ok := m.metrics.kubeletCSR(ctx, opMutate, req.Object, true)
+	p := m.policy()
+	orig, resp, ok := m.metrics.kubeletCSR(ctx, opMutate, req.Object, true, p)
 	if !ok {
 		return resp
 	}
 	stored := orig.DeepCopy()
 	asStored(stored, &req.UserInfo)
-	p := m.policy()
 	// Only what the request itself says is needed here: no decision.
 	r := approver.Inspect(p, stored)
 

@@ -43,12 +43,12 @@ func (v *validator) Handle(ctx context.Context, req admission.Request) (resp adm
 		v.metrics.inc(opValidate, resultAllowed, reasonNotCreate)
 		return admission.Allowed("")
 	}
-	csr, resp, ok := v.metrics.kubeletCSR(ctx, opValidate, req.Object, false)
+	p := v.policy()
+	csr, resp, ok := v.metrics.kubeletCSR(ctx, opValidate, req.Object, false, p)
 	if !ok {
 		return resp
 	}
 	asStored(csr, &req.UserInfo)
-	p := v.policy()
 	r := approver.Inspect(p, csr)
 	d := approver.Decide(p, r, approver.Facts{})
 	if d.Needs != 0 && v.facts != nil {
@@ -72,9 +72,9 @@ func (v *validator) Handle(ctx context.Context, req admission.Request) (resp adm
 		return admission.Allowed("").WithWarnings(warnings("nodecsr will leave this CSR pending (onViolation: LeavePending): ", &d)...)
 	}
 	v.metrics.inc(opValidate, resultDenied, d.Reason)
-	log.FromContext(ctx).Info("Rejected a kubelet client CSR that can never be approved",
+	log.FromContext(ctx).Info("Rejected a "+kind(csr)+" CSR that can never be approved",
 		"reason", d.Reason, "violations", len(d.Violations), "requester", csr.Spec.Username, "policy", d.PolicyDigest)
-	return denied(&d)
+	return denied(kind(csr), &d)
 }
 
 // gather collects the cache-only facts; on failure (the cache is not
@@ -93,10 +93,10 @@ func (v *validator) gather(ctx context.Context, r *approver.Request, need approv
 // denied is a 403 Forbidden admission response whose message names every
 // violated rule, reason code and message each, and whose status causes list
 // them one by one.
-func denied(d *approver.Decision) admission.Response {
+func denied(kind string, d *approver.Decision) admission.Response {
 	var b strings.Builder
 	n := len(d.Violations)
-	b.WriteString("this kubelet client CSR can never be approved: it breaks ")
+	b.WriteString("this " + kind + " CSR can never be approved: it breaks ")
 	b.WriteString(strconv.Itoa(n))
 	if n == 1 {
 		b.WriteString(" rule of nodecsr policy ")

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"strconv"
@@ -79,7 +80,8 @@ func NewCommand(stdout, stderr io.Writer) *cobra.Command {
 		Use:   "nodecsr-controller",
 		Short: "Decides kubelet client certificate requests and serves nodecsr's admission webhooks",
 		Long: `nodecsr-controller approves or denies CertificateSigningRequests for the signer
-kubernetes.io/kube-apiserver-client-kubelet according to a policy file, records every
+kubernetes.io/kube-apiserver-client-kubelet (and, when the policy's serving.enabled is true,
+kubernetes.io/kubelet-serving) according to a policy file, records every
 decision as a condition reason, an Event, a log line and a metric, and serves the
 admission webhooks that reject hopeless requests at creation.`,
 		SilenceUsage:  true,
@@ -160,6 +162,9 @@ func RunWithConfig(ctx context.Context, o *Options, cfg *rest.Config) error {
 	)
 	var watcher *config.Watcher
 	var err error
+	// serving is whether the caches are set up for serving CSRs; it is
+	// decided by the policy at startup (see onChange).
+	var serving bool
 	if o.PolicyFile == "" {
 		p := config.Default()
 		policy = func() *config.Effective { return p }
@@ -170,6 +175,7 @@ func RunWithConfig(ctx context.Context, o *Options, cfg *rest.Config) error {
 			m.reloads.WithLabelValues("success").Inc()
 			m.setPolicy(p.Digest)
 			log.Info("Reloaded the policy", "file", o.PolicyFile, "digest", p.Digest)
+			servingChanged(ctx, log, events, self, serving, p)
 			select {
 			case <-mgr.Elected():
 				go r.PolicyChanged(ctx)
@@ -195,6 +201,10 @@ func RunWithConfig(ctx context.Context, o *Options, cfg *rest.Config) error {
 		log.Info("Loaded the policy", "file", o.PolicyFile, "digest", w.Current().Digest)
 	}
 	m.setPolicy(policy().Digest)
+	serving = policy().Serving.Enabled
+	if serving {
+		log.Info("Serving certificates are on: deciding kubelet serving CSRs too", "signer", approver.KubeletServingSigner)
+	}
 
 	var webhookServer *webhook.Server
 	if o.WebhookCertDir != "" {
@@ -215,7 +225,7 @@ func RunWithConfig(ctx context.Context, o *Options, cfg *rest.Config) error {
 		LeaderElectionResourceLockInterface: lock,
 		WebhookServer:                       webhookServerOrNil(webhookServer),
 		Scheme:                              scheme,
-		Cache:                               approver.CacheOptions(),
+		Cache:                               approver.CacheOptions(serving),
 		Metrics:                             metricsserver.Options{BindAddress: o.MetricsBindAddress},
 		HealthProbeBindAddress:              o.HealthProbeBindAddress,
 		LeaderElection:                      o.LeaderElect,
@@ -237,14 +247,20 @@ func RunWithConfig(ctx context.Context, o *Options, cfg *rest.Config) error {
 		Policy:    policy,
 		Facts: &approver.Gatherer{
 			Authorizer: approver.SARAuthorizer{Client: mgr.GetClient()},
-			Nodes:      approver.CachedNodes{Reader: mgr.GetCache()},
-			Heartbeats: approver.LeaseHeartbeats{Leases: mgr.GetAPIReader(), Nodes: mgr.GetCache()},
+			Nodes:      approver.CachedNodes{Reader: mgr.GetCache(), Serving: serving},
+			Heartbeats: approver.LeaseHeartbeats{Leases: mgr.GetAPIReader(), Nodes: mgr.GetCache(), Serving: serving},
 			Pending:    approver.IndexedPending{Reader: mgr.GetClient()},
 			Clock:      clock.RealClock{},
 		},
 		Events:  events,
 		Metrics: approver.NewMetrics(ctrlmetrics.Registry, mgr.GetCache()),
 		Expiry:  &approver.ExpiryTracker{Horizon: o.CertificateExpiryHorizon},
+		Serving: serving,
+	}
+	if serving {
+		g := r.Facts.(*approver.Gatherer)
+		g.Addresses = approver.CachedNodeAddresses{Reader: mgr.GetCache()}
+		g.Resolver = net.DefaultResolver
 	}
 	if err := ctrlmetrics.Registry.Register(r.Expiry); err != nil {
 		return fmt.Errorf("failed to register the expiry metrics: %w", err)
@@ -252,9 +268,9 @@ func RunWithConfig(ctx context.Context, o *Options, cfg *rest.Config) error {
 	if err := r.SetupWithManager(ctx, mgr, o.MaxConcurrentReconciles); err != nil {
 		return err
 	}
-	// Every replica caches Node metadata (the webhook reads it); start it now
+	// Every replica caches Nodes (the webhook reads them); start it now
 	// rather than on the first lookup.
-	if _, err := mgr.GetCache().GetInformer(ctx, approver.NodeMetadata()); err != nil {
+	if _, err := mgr.GetCache().GetInformer(ctx, approver.NodeObject(serving)); err != nil {
 		return fmt.Errorf("failed to set up the Node cache: %w", err)
 	}
 	if webhookServer != nil {
@@ -269,11 +285,7 @@ func RunWithConfig(ctx context.Context, o *Options, cfg *rest.Config) error {
 			Policy: policy, Self: o.SelfUsername,
 			// The Node from the cache; the Lease (only for a bootstrap
 			// request whose Node exists) with one bounded read.
-			Facts: &approver.Gatherer{
-				Nodes:      approver.CachedNodes{Reader: mgr.GetCache()},
-				Heartbeats: approver.LeaseHeartbeats{Leases: mgr.GetAPIReader(), Nodes: mgr.GetCache()},
-				Clock:      clock.RealClock{},
-			},
+			Facts:  webhookFacts(mgr, serving),
 			Events: events, Registry: ctrlmetrics.Registry,
 		})
 		if err != nil {
@@ -307,6 +319,51 @@ func RunWithConfig(ctx context.Context, o *Options, cfg *rest.Config) error {
 	}
 	log.Info("Starting nodecsr-controller", "version", version.Version, "workers", o.MaxConcurrentReconciles, "leaderElection", o.LeaderElect)
 	return mgr.Start(ctx)
+}
+
+// webhookFacts are the facts the validating webhook gathers: the Node
+// from the cache; the Lease (only for a bootstrap request whose Node
+// exists) with one bounded read; with serving, the Node addresses and
+// neighbours from the cache (never DNS: that is left to the approver).
+func webhookFacts(mgr manager.Manager, serving bool) *approver.Gatherer {
+	g := &approver.Gatherer{
+		Nodes:      approver.CachedNodes{Reader: mgr.GetCache(), Serving: serving},
+		Heartbeats: approver.LeaseHeartbeats{Leases: mgr.GetAPIReader(), Nodes: mgr.GetCache(), Serving: serving},
+		Clock:      clock.RealClock{},
+	}
+	if serving {
+		g.Addresses = approver.CachedNodeAddresses{Reader: mgr.GetCache()}
+	}
+	return g
+}
+
+// EventReasonServingNeedsRestart is the Warning Event on nodecsr's Pod when
+// a reload turns serving.enabled on: the caches that serving needs are set
+// up at startup.
+const EventReasonServingNeedsRestart = "ServingNeedsRestart"
+
+// servingChanged reports a reload that flips serving.enabled against the
+// caches set up at startup. Turning it on needs a restart (the CSR cache is
+// restricted to the client signer and Nodes are cached without their
+// addresses), so it is logged as an error and recorded as a Warning Event on
+// the Pod; turning it off takes effect at once (serving CSRs are left
+// alone), which is logged.
+func servingChanged(ctx context.Context, log logr.Logger, events *approver.EventRecorder, self client.Object, atStart bool, p *config.Effective) {
+	switch {
+	case p.Serving.Enabled == atStart:
+	case p.Serving.Enabled:
+		err := errors.New("serving.enabled was turned on by a reload; restart nodecsr-controller to decide kubelet serving CSRs")
+		log.Error(err, "Serving certificates stay undecided until nodecsr-controller restarts", "digest", p.Digest)
+		if self == nil || events == nil {
+			return
+		}
+		note := fmt.Sprintf("policy %s enables serving certificates, which needs a restart of nodecsr-controller; until then kubelet serving CSRs are not decided", p.Digest)
+		if err := events.Event(ctx, self, "Pod", "v1", corev1.EventTypeWarning, EventReasonServingNeedsRestart, "ReloadPolicy", note); err != nil {
+			log.Error(err, "Failed to record the serving restart Event")
+		}
+	default:
+		log.Info("serving.enabled was turned off by a reload: kubelet serving CSRs are left alone from now on; the caches keep watching them until the next restart", "digest", p.Digest)
+	}
 }
 
 // leaseLock is the leader-election Lease held as --pod-name; nil (the
