@@ -7,6 +7,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
+	"net/netip"
 	"os"
 	"strconv"
 	"strings"
@@ -14,11 +16,13 @@ import (
 
 	"github.com/spf13/cobra"
 	certificatesv1 "k8s.io/api/certificates/v1"
+	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/serializer"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/utils/clock"
+	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	"github.com/nodecsr/nodecsr/approver"
@@ -34,6 +38,11 @@ type explainOptions struct {
 	output     string
 	kubeconfig string
 	assume     map[string]string
+	// For serving CSRs: the Node's addresses, other Nodes' addresses
+	// (NODE=ADDRESS) and DNS answers (NAME=IP;IP).
+	addresses  []string
+	neighbours []string
+	dns        []string
 }
 
 func newExplainCommand(stdout io.Writer) *cobra.Command {
@@ -56,8 +65,13 @@ cluster would answer, so a policy can be tried on a CSR before it is rolled out:
   newer-pending=true|false     whether a newer CSR for the node supersedes this one
   pending=N                    how many older CSRs for the node are pending
 
+For a serving CSR (signer kubernetes.io/kubelet-serving, with serving.enabled in the
+policy), --assume-address gives the Node's addresses, --assume-neighbour the addresses
+other Nodes report, and --assume-dns what DNS names resolve to.
+
 With --kubeconfig and CSR names it reads the CSRs from the cluster and gathers those
-facts too (an --assume value overrides the cluster's answer). The bootstrap rate
+facts too (an assumed value overrides the cluster's answer; Node addresses are read
+live, and every Node is listed to find the ones that share an address). The bootstrap rate
 limit lives in the running controller's memory and is never checked here.
 
 Exit status: 0 when every CSR could be evaluated (whatever the decision), 1 when the
@@ -65,7 +79,9 @@ input could not be read, 2 on wrong usage.`,
 		Example: `  kubectl get csr node-csr-abc -o yaml | nodecsr-controller explain -f -
   nodecsr-controller explain -f csr.yaml --policy policy.yaml -o json
   nodecsr-controller explain -f csr.yaml --assume authorized=true,node-exists=true,heartbeat-age=2h
-  nodecsr-controller explain --kubeconfig ~/.kube/config node-csr-abc`,
+  nodecsr-controller explain --kubeconfig ~/.kube/config node-csr-abc
+  nodecsr-controller explain -f serving-csr.yaml --policy serving.yaml --assume authorized=true,newer-pending=false \
+      --assume-address 10.0.0.5 --assume-address worker-5 --assume-neighbour worker-6=10.0.0.6`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if err := o.validate(args); err != nil {
 				return usageError{err}
@@ -79,6 +95,9 @@ input could not be read, 2 on wrong usage.`,
 	fs.StringVarP(&o.output, "output", "o", o.output, "Output format: text or json (one object per CSR, one per line).")
 	fs.StringVar(&o.kubeconfig, "kubeconfig", "", "Read the named CSRs from this cluster and gather the cluster facts.")
 	fs.StringToStringVar(&o.assume, "assume", nil, "Cluster facts to assume: authorized, node-exists, heartbeat-age, newer-pending, pending (KEY=VALUE,...).")
+	fs.StringArrayVar(&o.addresses, "assume-address", nil, "Serving CSRs: an address the Node reports (an IP as InternalIP, a name as Hostname); repeatable. Implies node-exists=true and, without --assume-neighbour, that no other Node reports any SAN.")
+	fs.StringArrayVar(&o.neighbours, "assume-neighbour", nil, "Serving CSRs: another Node and an address it reports, NODE=ADDRESS; repeatable.")
+	fs.StringArrayVar(&o.dns, "assume-dns", nil, "Serving CSRs with serving.resolveDNS: what a DNS name resolves to, NAME=IP[;IP...] (NAME= does not resolve); repeatable. A DNS SAN not listed does not resolve.")
 	return cmd
 }
 
@@ -95,15 +114,84 @@ func (o *explainOptions) validate(args []string) error {
 	if o.output != "text" && o.output != "json" {
 		errs = append(errs, fmt.Errorf("-o must be text or json, got %q", o.output))
 	}
-	if _, err := parseAssumptions(o.assume, time.Time{}); err != nil {
+	if _, err := o.assumptions(time.Time{}); err != nil {
 		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
 }
 
-// assumptions are the facts given with --assume.
+// assumptions reads --assume and the serving --assume-* flags.
+func (o *explainOptions) assumptions(now time.Time) (assumptions, error) {
+	a, err := parseAssumptions(o.assume, now)
+	errs := []error{err}
+	if len(o.addresses) > 0 {
+		var addrs []corev1.NodeAddress
+		for _, v := range o.addresses {
+			switch {
+			case v == "":
+				errs = append(errs, errors.New("--assume-address: want an IP address or a DNS name, got an empty value"))
+			case isIP(v):
+				addrs = append(addrs, corev1.NodeAddress{Type: corev1.NodeInternalIP, Address: v})
+			default:
+				addrs = append(addrs, corev1.NodeAddress{Type: corev1.NodeHostName, Address: v})
+			}
+		}
+		a.facts.NodeAddresses = approver.NodeAddressesOf(addrs)
+		if a.facts.NodeExists == nil {
+			a.facts.NodeExists = ptr.To(true)
+		}
+		a.facts.Neighbours = map[string][]string{}
+	}
+	for _, v := range o.neighbours {
+		node, addr, ok := strings.Cut(v, "=")
+		if !ok || node == "" || addr == "" {
+			errs = append(errs, fmt.Errorf("--assume-neighbour %q: want NODE=ADDRESS", v))
+			continue
+		}
+		if a.facts.Neighbours == nil {
+			a.facts.Neighbours = map[string][]string{}
+		}
+		key := approver.NodeAddressKey(addr)
+		a.facts.Neighbours[key] = append(a.facts.Neighbours[key], node)
+	}
+	for _, v := range o.dns {
+		name, ips, ok := strings.Cut(v, "=")
+		if !ok || name == "" {
+			errs = append(errs, fmt.Errorf("--assume-dns %q: want NAME=IP[;IP...] (NAME= for a name that does not resolve)", v))
+			continue
+		}
+		if a.facts.Resolved == nil {
+			a.facts.Resolved = map[string]approver.Resolution{}
+		}
+		var res approver.Resolution
+		for _, s := range strings.Split(ips, ";") {
+			if s == "" {
+				continue
+			}
+			ip, err := netip.ParseAddr(s)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("--assume-dns %q: %q is not an IP address", v, s))
+				continue
+			}
+			res.IPs = append(res.IPs, ip.Unmap())
+		}
+		res.NotFound = len(res.IPs) == 0
+		a.facts.Resolved[approver.NodeAddressKey(name)] = res
+	}
+	a.dnsAssumed = len(o.dns) > 0
+	return a, errors.Join(errs...)
+}
+
+func isIP(s string) bool {
+	_, err := netip.ParseAddr(s)
+	return err == nil
+}
+
+// assumptions are the facts given with --assume and --assume-*.
 type assumptions struct {
 	facts approver.Facts
+	// dnsAssumed: a DNS SAN not in facts.Resolved does not resolve.
+	dnsAssumed bool
 }
 
 // parseAssumptions reads --assume; the heartbeat age is taken back from now.
@@ -149,6 +237,25 @@ func parseAssumptions(kv map[string]string, now time.Time) (assumptions, error) 
 	return a, errors.Join(errs...)
 }
 
+// forRequest completes the DNS assumptions for r: with --assume-dns, a DNS
+// SAN it does not list does not resolve.
+func (a assumptions) forRequest(r *approver.Request) assumptions {
+	if !a.dnsAssumed {
+		return a
+	}
+	resolved := make(map[string]approver.Resolution, len(r.DNSNames))
+	for k, v := range a.facts.Resolved {
+		resolved[k] = v
+	}
+	for _, n := range r.DNSNames {
+		if _, ok := resolved[approver.NodeAddressKey(n)]; !ok {
+			resolved[approver.NodeAddressKey(n)] = approver.Resolution{NotFound: true}
+		}
+	}
+	a.facts.Resolved = resolved
+	return a
+}
+
 // over lays the assumed facts over gathered ones.
 func (a assumptions) over(f approver.Facts) approver.Facts {
 	if a.facts.Authorized != nil {
@@ -165,6 +272,15 @@ func (a assumptions) over(f approver.Facts) approver.Facts {
 	}
 	if a.facts.PendingForNode != nil {
 		f.PendingForNode = a.facts.PendingForNode
+	}
+	if a.facts.NodeAddresses != nil {
+		f.NodeAddresses = a.facts.NodeAddresses
+	}
+	if a.facts.Neighbours != nil {
+		f.Neighbours = a.facts.Neighbours
+	}
+	if a.facts.Resolved != nil {
+		f.Resolved = a.facts.Resolved
 	}
 	if f.Now.IsZero() {
 		f.Now = a.facts.Now
@@ -234,7 +350,7 @@ func (o *explainOptions) run(ctx context.Context, stdin io.Reader, stdout io.Wri
 			csrs = append(csrs, csr)
 		}
 	}
-	assumed, err := parseAssumptions(o.assume, time.Now())
+	assumed, err := o.assumptions(time.Now())
 	if err != nil {
 		return usageError{err}
 	}
@@ -247,12 +363,14 @@ func (o *explainOptions) run(ctx context.Context, stdin io.Reader, stdout io.Wri
 			Nodes:      approver.CachedNodes{Reader: c},
 			Heartbeats: approver.LeaseHeartbeats{Leases: c, Nodes: c},
 			Pending:    approver.ListedPending{Reader: c},
+			Addresses:  approver.ListedNodeAddresses{Reader: c},
+			Resolver:   net.DefaultResolver,
 			Clock:      clock.RealClock{},
 		}
 	}
 	for _, csr := range csrs {
 		r := approver.Inspect(policy, csr)
-		d := approver.Decide(policy, r, assumed.over(approver.Facts{}))
+		d := approver.Decide(policy, r, assumed.forRequest(r).over(approver.Facts{}))
 		// Gather what is missing; an assumption still wins over the
 		// cluster's answer.
 		if d.Needs != 0 && live != nil {
@@ -260,7 +378,7 @@ func (o *explainOptions) run(ctx context.Context, stdin io.Reader, stdout io.Wri
 			if err != nil {
 				return err
 			}
-			d = approver.Decide(policy, r, assumed.over(facts))
+			d = approver.Decide(policy, r, assumed.forRequest(r).over(facts))
 		}
 		if err := render(stdout, o.output, explanation(csr, policy, d)); err != nil {
 			return err
