@@ -13,11 +13,26 @@ import (
 //
 //	go test ./approver/ -run '^$' -bench Evaluate -benchmem
 func BenchmarkEvaluate(b *testing.B) {
+	serving := config.Default().Source
+	serving.Spec.Serving.Enabled = true
+	sp, err := config.Compile(&serving)
+	if err != nil {
+		b.Fatal(err)
+	}
 	cases := map[string]struct {
 		opts []csrtest.Option
 		path Path
 		want Verdict
+		// serving decides with serving.enabled.
+		serving bool
 	}{
+		// Serving CSRs: a stock kubelet's (hostname and InternalIP), one
+		// for every address of a dual-stack node, and a node asking for
+		// its neighbour's IP.
+		"serving ECDSA-P256 2 SANs":        {opts: []csrtest.Option{withServing("worker-1", "10.0.0.1")}, path: PathServing, want: Approve, serving: true},
+		"serving ECDSA-P256 5 SANs":        {opts: []csrtest.Option{withServing("worker-1", "worker-1.cluster.internal", "10.0.0.1", "203.0.113.10", "fd00::1")}, path: PathServing, want: Approve, serving: true},
+		"serving RSA-2048 2 SANs":          {opts: []csrtest.Option{withServing("worker-1", "10.0.0.1"), rsaKey(2048)}, path: PathServing, want: Approve, serving: true},
+		"serving neighbour's IP (refused)": {opts: []csrtest.Option{withServing("worker-1", "10.0.0.2")}, path: PathServing, want: Deny, serving: true},
 		"ECDSA-P256 renewal":  {opts: []csrtest.Option{ecKey(elliptic.P256())}, path: PathRenewal, want: Approve},
 		"ECDSA-P384 renewal":  {opts: []csrtest.Option{ecKey(elliptic.P384())}, path: PathRenewal, want: Approve},
 		"RSA-2048 renewal":    {opts: []csrtest.Option{rsaKey(2048)}, path: PathRenewal, want: Approve},
@@ -26,9 +41,15 @@ func BenchmarkEvaluate(b *testing.B) {
 		"malformed":           {opts: []csrtest.Option{trailingGarbage()}, path: PathRenewal, want: Deny},
 		"RSA-16384 refused":   {opts: []csrtest.Option{withRequest(readTestdata("rsa16384.csr")), withNodeName("huge-key")}, path: PathRenewal, want: Deny},
 	}
-	p := config.Default()
 	for name, bc := range cases {
+		p := config.Default()
+		if bc.serving {
+			p = sp
+		}
 		csr, facts := newCSR(bc.opts...), goodFacts(bc.path)
+		if bc.want == Deny && bc.serving {
+			facts.Neighbours = map[string][]string{"10.0.0.2": {"worker-2"}}
+		}
 		// A live heartbeat: the takeover of a live node is refused.
 		facts.NodeHeartbeat, facts.Now = ptr(now), now
 		if d := evaluate(p, csr, facts); d.Verdict != bc.want {
