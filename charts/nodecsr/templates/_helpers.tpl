@@ -139,11 +139,17 @@ seccompProfile:
 The full policy document rendered from .Values.policy (the spec).
 */}}
 {{- define "nodecsr.policyDocument" -}}
+{{- $policy := deepCopy (.Values.policy | default dict) }}
+{{- if .Values.serving.enabled }}
+{{- $serving := deepCopy (get $policy "serving" | default dict) }}
+{{- $_ := set $serving "enabled" true }}
+{{- $_ := set $policy "serving" $serving }}
+{{- end }}
 apiVersion: nodecsr.io/v1alpha1
 kind: Policy
-{{- if .Values.policy }}
+{{- if $policy }}
 spec:
-  {{- toYaml .Values.policy | nindent 2 }}
+  {{- toYaml $policy | nindent 2 }}
 {{- else }}
 spec: {}
 {{- end }}
@@ -167,6 +173,10 @@ the values to change. Included by the Deployment, which every install has.
 {{- end }}
 {{- if and (gt (int $v.replicaCount) 1) (not $v.leaderElection.enabled) }}
 {{- fail (printf "replicaCount is %d but leaderElection.enabled is false: several replicas would decide the same CSRs; set leaderElection.enabled=true or replicaCount=1" (int $v.replicaCount)) }}
+{{- end }}
+{{- $policyServing := get ($v.policy | default dict) "serving" | default dict }}
+{{- if and (hasKey $policyServing "enabled") (ne (toString (get $policyServing "enabled")) (toString $v.serving.enabled)) }}
+{{- fail (printf "policy.serving.enabled is %v but serving.enabled is %v: set serving.enabled only; it sets the policy's serving.enabled, the RBAC on the kubelet-serving signer and the webhooks' signers together" (get $policyServing "enabled") $v.serving.enabled) }}
 {{- end }}
 {{- if and (not $v.serviceAccount.create) (not $v.serviceAccount.name) }}
 {{- fail "serviceAccount.create is false, so serviceAccount.name must name an existing ServiceAccount" }}
@@ -224,6 +234,11 @@ clientConfig:
   {{- end }}
 {{- end }}
 {{- define "nodecsr.kubeletSignerMatch" -}}
+{{- if .Values.serving.enabled }}
+- name: kubelet-signers
+  expression: 'object.spec.signerName in ["kubernetes.io/kube-apiserver-client-kubelet", "kubernetes.io/kubelet-serving"]'
+{{- else }}
 - name: kubelet-client-signer
   expression: 'object.spec.signerName == "kubernetes.io/kube-apiserver-client-kubelet"'
+{{- end }}
 {{- end }}
