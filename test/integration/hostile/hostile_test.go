@@ -186,12 +186,12 @@ var classes = []class{
 
 func TestHostileCSRsWithWebhook(t *testing.T) {
 	setWebhooks(t, true)
-	runClasses(t, func(c *class) outcome { return c.on })
+	runClasses(t, classes, func(c *class) outcome { return c.on })
 }
 
 func TestHostileCSRsWithoutWebhook(t *testing.T) {
 	setWebhooks(t, false)
-	runClasses(t, func(c *class) outcome { return c.off })
+	runClasses(t, classes, func(c *class) outcome { return c.off })
 }
 
 // TestWhileControllerIsDown files CSRs while nodecsr-controller is stopped
@@ -320,11 +320,20 @@ const (
 	byOtherNode
 	byUnauthorizedBootstrapper
 	byStranger
+	// byNode is the class's node itself (a real node credential).
+	byNode
+	// byNodeOutsideNodesGroup is system:node:<the class's node> impersonated
+	// without the system:nodes group.
+	byNodeOutsideNodesGroup
 )
 
-func (r requester) client(t *testing.T) kubernetes.Interface {
+func (r requester) client(t *testing.T, node string) kubernetes.Interface {
 	t.Helper()
 	switch r {
+	case byNode:
+		return nodeClient(t, node)
+	case byNodeOutsideNodesGroup:
+		return impersonating("system:node:"+node, csrCreators, "system:authenticated")
 	case byToken:
 		return tokenClient(attackerToken)
 	case byBoundToken:
@@ -377,6 +386,12 @@ type class struct {
 	// name is system:node:<n> unless they set another subject.
 	opts    func(n string) []csrtest.Option
 	on, off outcome
+	// node, when set, is the node name instead of a unique one (a Node
+	// created with addresses by the suite, for serving classes).
+	node string
+	// message, when set, must be in the webhook's rejection or the
+	// decision's message.
+	message string
 }
 
 func with(opts ...csrtest.Option) func(string) []csrtest.Option {
@@ -441,11 +456,14 @@ type submission struct {
 
 // runClasses files one CSR per class, waits for every decision, waits
 // recheckAfter more, then checks each class in a subtest of its name.
-func runClasses(t *testing.T, want func(*class) outcome) {
+func runClasses(t *testing.T, classes []class, want func(*class) outcome) {
 	subs := make([]*submission, len(classes))
 	for i := range classes {
 		c := &classes[i]
 		node := uniqueName("h")
+		if c.node != "" {
+			node = c.node
+		}
 		opts := []csrtest.Option{csrtest.WithNodeName(node)}
 		if c.opts != nil {
 			opts = append(opts, c.opts(node)...)
@@ -453,7 +471,7 @@ func runClasses(t *testing.T, want func(*class) outcome) {
 		csr := withName(csrtest.Build(opts...))
 		csr.Spec.Username, csr.Spec.Groups, csr.Spec.UID = "", nil, "" // the API server sets them
 		s := &submission{class: c, want: want(c), name: csr.Name}
-		s.created, s.err = c.by.client(t).CertificatesV1().CertificateSigningRequests().Create(t.Context(), csr, metav1.CreateOptions{})
+		s.created, s.err = c.by.client(t, node).CertificatesV1().CertificateSigningRequests().Create(t.Context(), csr, metav1.CreateOptions{})
 		subs[i] = s
 	}
 	waitFor(t, "every created CSR decided", func(all map[string]*certificatesv1.CertificateSigningRequest) (bool, string) {
@@ -501,6 +519,9 @@ func (s *submission) check(t *testing.T, later *certificatesv1.CertificateSignin
 			t.Fatalf("create failed with %v; want the validating webhook to reject it naming (1) %s", s.err, s.want.reason)
 		}
 		t.Logf("rejected at creation: %v", s.err)
+		if m := s.class.message; m != "" && !strings.Contains(s.err.Error(), m) {
+			t.Errorf("the rejection does not say %q: %v", m, s.err)
+		}
 		expectNotStored(t, later)
 	case kindRefusedByAPI:
 		switch {
@@ -549,6 +570,11 @@ func (s *submission) check(t *testing.T, later *certificatesv1.CertificateSignin
 		}
 		expectDecision(t, s.atDecision, events, typ, s.want.reason)
 		expectDecision(t, later, events, typ, s.want.reason)
+		if m := s.class.message; m != "" {
+			if ds := decisions(s.atDecision); len(ds) == 0 || !strings.Contains(ds[0].Message, m) {
+				t.Errorf("the decision does not say %q: %+v", m, ds)
+			}
+		}
 		if s.want.kind == kindDenied {
 			expectNeverApproved(t, s.atDecision)
 			expectNeverApproved(t, later)

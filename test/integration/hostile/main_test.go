@@ -73,7 +73,20 @@ spec:
     keyEnciphermentRequiresRSA: true
   lifetime:
     maxExpirationSeconds: %d
+  serving:
+    enabled: true
+    ipCIDRs: [%q]
 `
+
+// policy is the policy under test, with serving on or off (off: the
+// serving section is kept, only enabled changes).
+func policy(serving bool) []byte {
+	p := fmt.Sprintf(policyTemplate, boundToken.ID, boundNames, maxExpiration, servingCIDR)
+	if !serving {
+		p = strings.Replace(p, "    enabled: true\n    ipCIDRs", "    enabled: false\n    ipCIDRs", 1)
+	}
+	return []byte(p)
+}
 
 var (
 	tc    *cluster.Cluster
@@ -108,6 +121,9 @@ func setup(s *env.Suite) error {
 			return fmt.Errorf("failed to create node %s: %w", n, err)
 		}
 	}
+	if err := createServingNodes(ctx); err != nil {
+		return err
+	}
 	var err error
 	if attackerToken, err = tc.CreateBootstrapToken(ctx, time.Hour); err != nil {
 		return err
@@ -121,7 +137,7 @@ func setup(s *env.Suite) error {
 	}
 	webhookCA = tc.ClusterCA().CertPEM
 	ctl, err = s.LaunchController(env.ControllerOptions{
-		Policy:         fmt.Appendf(nil, policyTemplate, boundToken.ID, boundNames, maxExpiration),
+		Policy:         policy(true),
 		WebhookCertPEM: serving.CertPEM, WebhookKeyPEM: serving.KeyPEM,
 		PodName: "nodecsr-hostile", PodNamespace: metav1.NamespaceSystem,
 		Args: map[string]string{"self-username": selfUser},
@@ -187,7 +203,7 @@ func setWebhooks(t *testing.T, on bool) {
 		t.Fatal(err)
 	}
 	if on {
-		opts := webhook.ConfigOptions{Name: webhookConfigName, URL: webhookURL, CABundle: webhookCA, Self: selfUser}
+		opts := webhook.ConfigOptions{Name: webhookConfigName, URL: webhookURL, CABundle: webhookCA, Self: selfUser, Serving: true}
 		if err := env.CreateWebhookConfigurations(ctx, admin, opts, metav1.CreateOptions{}); err != nil {
 			t.Fatal(err)
 		}
