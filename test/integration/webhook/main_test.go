@@ -78,6 +78,8 @@ type env struct {
 	policy atomic.Pointer[config.Effective]
 	reg    *prometheus.Registry
 	admin  kubernetes.Interface
+	// serving: the cache and configurations are set up for serving CSRs.
+	serving bool
 
 	stopOnce sync.Once
 	stopMgr  func()
@@ -85,10 +87,12 @@ type env struct {
 
 // startEnv starts a manager serving the webhooks with policy p, registers
 // the webhook configurations and waits until the API server calls them.
-// Everything is stopped and deleted when the test ends.
+// As nodecsr-controller does, it sets up the cache (and the configurations)
+// for serving CSRs when p enables serving. Everything is stopped and
+// deleted when the test ends.
 func startEnv(t *testing.T, p *config.Effective) *env {
 	t.Helper()
-	e := &env{t: t, name: "nodecsr-it-" + strings.ToLower(strings.ReplaceAll(t.Name(), "/", "-")), admin: testCluster.AdminClient(), reg: prometheus.NewRegistry()}
+	e := &env{t: t, name: "nodecsr-it-" + strings.ToLower(strings.ReplaceAll(t.Name(), "/", "-")), admin: testCluster.AdminClient(), reg: prometheus.NewRegistry(), serving: p.Serving.Enabled}
 	e.policy.Store(p)
 	var err error
 	if e.ca, err = cluster.NewCA("nodecsr-webhook-it-ca"); err != nil {
@@ -109,7 +113,7 @@ func startEnv(t *testing.T, p *config.Effective) *env {
 		t.Fatal(err)
 	}
 	mgr, err := ctrl.NewManager(testCluster.AdminConfig(), ctrl.Options{
-		Cache:                  approver.CacheOptions(),
+		Cache:                  approver.CacheOptions(e.serving),
 		Metrics:                metricsserver.Options{BindAddress: "0"},
 		HealthProbeBindAddress: "0",
 		WebhookServer:          srv,
@@ -118,13 +122,13 @@ func startEnv(t *testing.T, p *config.Effective) *env {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	if _, err := mgr.GetCache().GetInformer(ctx, approver.NodeMetadata()); err != nil {
+	if _, err := mgr.GetCache().GetInformer(ctx, approver.NodeObject(e.serving)); err != nil {
 		cancel()
 		t.Fatal(err)
 	}
 	err = webhook.Register(mgr, webhook.Options{
 		Policy:   e.policy.Load,
-		Facts:    &approver.Gatherer{Nodes: approver.CachedNodes{Reader: mgr.GetCache()}, Heartbeats: approver.LeaseHeartbeats{Leases: mgr.GetAPIReader(), Nodes: mgr.GetCache()}, Clock: clock.RealClock{}},
+		Facts:    webhookFacts(ctx, t, mgr, e.serving),
 		Self:     selfUser,
 		Events:   &approver.EventRecorder{Client: mgr.GetClient(), Instance: "it", Namespace: metav1.NamespaceDefault},
 		Registry: e.reg,
@@ -158,6 +162,24 @@ func startEnv(t *testing.T, p *config.Effective) *env {
 	return e
 }
 
+// webhookFacts is the webhook's cache-only Gatherer, as nodecsr-controller
+// builds it: with serving, the Node addresses and the neighbours too.
+func webhookFacts(ctx context.Context, t *testing.T, mgr ctrl.Manager, serving bool) *approver.Gatherer {
+	t.Helper()
+	g := &approver.Gatherer{
+		Nodes:      approver.CachedNodes{Reader: mgr.GetCache(), Serving: serving},
+		Heartbeats: approver.LeaseHeartbeats{Leases: mgr.GetAPIReader(), Nodes: mgr.GetCache(), Serving: serving},
+		Clock:      clock.RealClock{},
+	}
+	if serving {
+		if err := mgr.GetFieldIndexer().IndexField(ctx, &corev1.Node{}, approver.IndexNodeAddress, approver.IndexNodeByAddress); err != nil {
+			t.Fatal(err)
+		}
+		g.Addresses = approver.CachedNodeAddresses{Reader: mgr.GetCache()}
+	}
+	return g
+}
+
 // stopServer stops the manager and so the webhook server.
 func (e *env) stopServer() { e.stopOnce.Do(e.stopMgr) }
 
@@ -168,7 +190,7 @@ func (e *env) addr() string { return net.JoinHostPort("127.0.0.1", strconv.Itoa(
 // test ends.
 func (e *env) register() {
 	t := e.t
-	opts := webhook.ConfigOptions{Name: e.name, CABundle: e.ca.CertPEM, URL: "https://" + e.addr(), Self: selfUser}
+	opts := webhook.ConfigOptions{Name: e.name, CABundle: e.ca.CertPEM, URL: "https://" + e.addr(), Self: selfUser, Serving: e.serving}
 	t.Cleanup(func() { e.unregister() })
 	if err := testenv.CreateWebhookConfigurations(t.Context(), e.admin, opts, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
