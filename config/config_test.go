@@ -891,6 +891,8 @@ func TestWriteFuzzSeeds(t *testing.T) {
 		"all-digit-token":     header + "spec:\n  bootstrap:\n    tokenBindings:\n      - tokenID: 123456\n        nodeNames: [x]\n",
 		"stale-after-too-low": header + "spec:\n  bootstrap:\n    recovery: {staleAfterSeconds: 1}\n",
 		"other-kind":          "apiVersion: v1\nkind: ConfigMap\n",
+		"serving":             header + "spec:\n  serving:\n    enabled: true\n    ipCIDRs: [\"10.0.0.0/8\"]\n    dnsNames: [\"{node}.n.example\"]\n    resolveDNS: {enabled: true, timeoutSeconds: 1}\n",
+		"serving-bad-cidr":    header + "spec:\n  serving:\n    ipCIDRs: [\"10.1.2.3/8\"]\n",
 		"not-yaml":            "\t{[",
 	}
 	dir := filepath.Join("testdata", "fuzz", "FuzzParse")
