@@ -33,13 +33,13 @@ func BenchmarkEvaluate(b *testing.B) {
 		"serving ECDSA-P256 5 SANs":        {opts: []csrtest.Option{withServing("worker-1", "worker-1.cluster.internal", "10.0.0.1", "203.0.113.10", "fd00::1")}, path: PathServing, want: Approve, serving: true},
 		"serving RSA-2048 2 SANs":          {opts: []csrtest.Option{withServing("worker-1", "10.0.0.1"), rsaKey(2048)}, path: PathServing, want: Approve, serving: true},
 		"serving neighbour's IP (refused)": {opts: []csrtest.Option{withServing("worker-1", "10.0.0.2")}, path: PathServing, want: Deny, serving: true},
-		"ECDSA-P256 renewal":  {opts: []csrtest.Option{ecKey(elliptic.P256())}, path: PathRenewal, want: Approve},
-		"ECDSA-P384 renewal":  {opts: []csrtest.Option{ecKey(elliptic.P384())}, path: PathRenewal, want: Approve},
-		"RSA-2048 renewal":    {opts: []csrtest.Option{rsaKey(2048)}, path: PathRenewal, want: Approve},
-		"RSA-4096 renewal":    {opts: []csrtest.Option{rsaKey(4096)}, path: PathRenewal, want: Approve},
-		"ECDSA-P256 takeover": {opts: []csrtest.Option{bootstrap("abcdef")}, path: PathRenewal, want: Deny},
-		"malformed":           {opts: []csrtest.Option{trailingGarbage()}, path: PathRenewal, want: Deny},
-		"RSA-16384 refused":   {opts: []csrtest.Option{withRequest(readTestdata("rsa16384.csr")), withNodeName("huge-key")}, path: PathRenewal, want: Deny},
+		"ECDSA-P256 renewal":               {opts: []csrtest.Option{ecKey(elliptic.P256())}, path: PathRenewal, want: Approve},
+		"ECDSA-P384 renewal":               {opts: []csrtest.Option{ecKey(elliptic.P384())}, path: PathRenewal, want: Approve},
+		"RSA-2048 renewal":                 {opts: []csrtest.Option{rsaKey(2048)}, path: PathRenewal, want: Approve},
+		"RSA-4096 renewal":                 {opts: []csrtest.Option{rsaKey(4096)}, path: PathRenewal, want: Approve},
+		"ECDSA-P256 takeover":              {opts: []csrtest.Option{bootstrap("abcdef")}, path: PathRenewal, want: Deny},
+		"malformed":                        {opts: []csrtest.Option{trailingGarbage()}, path: PathRenewal, want: Deny},
+		"RSA-16384 refused":                {opts: []csrtest.Option{withRequest(readTestdata("rsa16384.csr")), withNodeName("huge-key")}, path: PathRenewal, want: Deny},
 	}
 	for name, bc := range cases {
 		p := config.Default()
