@@ -11,9 +11,11 @@ import (
 	"encoding/pem"
 	"flag"
 	"fmt"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 
@@ -32,9 +34,16 @@ var updateSeeds = flag.Bool("update-fuzz-seeds", false, "rewrite testdata/fuzz/F
 // Decide of the same Request and a fresh Inspect agree), agree with
 // NodeNameOf, and never approve anything that an independent re-check finds
 // ill-formed.
+//
+// The same request is also decided as a kubelet serving CSR (serving on,
+// serving usages, the Node worker-1 of goodFacts(PathServing)): an approved
+// one must name only that Node's addresses, and its requester must be the
+// node itself.
 func FuzzEvaluate(f *testing.F) {
 	p := config.Default()
+	sp := fuzzServingPolicy()
 	f.Fuzz(func(t *testing.T, request []byte, username, groups string) {
+		defer fuzzServing(t, sp, request, username, groups)
 		csr := &certificatesv1.CertificateSigningRequest{Spec: certificatesv1.CertificateSigningRequestSpec{
 			Request:    request,
 			SignerName: certificatesv1.KubeAPIServerClientKubeletSignerName,
@@ -66,6 +75,67 @@ func FuzzEvaluate(f *testing.F) {
 			t.Fatalf("NodeNameOf = %q, %v; decision says %q", name, ok, d.NodeName)
 		}
 	})
+}
+
+func fuzzServingPolicy() *config.Effective {
+	src := config.Default().Source
+	src.Spec.Serving.Enabled = true
+	sp, err := config.Compile(&src)
+	if err != nil {
+		panic(err)
+	}
+	return sp
+}
+
+// fuzzServing decides the request as a serving CSR and re-checks an
+// approval independently of the engine.
+func fuzzServing(t *testing.T, sp *config.Effective, request []byte, username, groups string) {
+	csr := &certificatesv1.CertificateSigningRequest{Spec: certificatesv1.CertificateSigningRequestSpec{
+		Request:    request,
+		SignerName: certificatesv1.KubeletServingSignerName,
+		Usages:     csrtest.ServingUsages(),
+		Username:   username,
+	}}
+	if groups != "" {
+		csr.Spec.Groups = strings.Split(groups, ",")
+	}
+	r := Inspect(sp, csr)
+	facts := goodFacts(r.Path)
+	d := Decide(sp, r, facts)
+	if d2 := Decide(sp, Inspect(sp, csr), facts); !reflect.DeepEqual(d, d2) {
+		t.Fatalf("serving: not deterministic:\n%+v\n%+v", d, d2)
+	}
+	if d.Reason == "" || d.Message == "" || len(d.Message) > 1000 {
+		t.Fatalf("serving: bad reason or message: %q %q", d.Reason, d.Message)
+	}
+	if d.Verdict != Approve {
+		return
+	}
+	blk, _ := pem.Decode(bytes.TrimSpace(request))
+	cr, err := x509.ParseCertificateRequest(blk.Bytes)
+	if err != nil {
+		t.Fatalf("serving: approved a request crypto/x509 does not parse: %v", err)
+	}
+	na := NodeAddressesOf(servingNode)
+	for _, ip := range cr.IPAddresses {
+		a, _ := netip.AddrFromSlice(ip)
+		if !slices.Contains(na.IPs, a.Unmap()) {
+			t.Fatalf("serving: approved IP %s, not worker-1's", ip)
+		}
+	}
+	for _, n := range cr.DNSNames {
+		if !slices.Contains(na.DNSNames, n) {
+			t.Fatalf("serving: approved DNS name %q, not worker-1's", n)
+		}
+	}
+	switch {
+	case len(cr.EmailAddresses)+len(cr.URIs) > 0, len(cr.DNSNames)+len(cr.IPAddresses) == 0:
+		t.Fatalf("serving: approved SANs %v %v %v %v", cr.DNSNames, cr.IPAddresses, cr.EmailAddresses, cr.URIs)
+	case cr.Subject.CommonName != username || username != "system:node:worker-1" || !slices.Contains(csr.Spec.Groups, "system:nodes"):
+		t.Fatalf("serving: approved CN %q for requester %q in %v", cr.Subject.CommonName, username, csr.Spec.Groups)
+	case !reflect.DeepEqual(cr.Subject.Organization, []string{"system:nodes"}):
+		t.Fatalf("serving: approved organizations %v", cr.Subject.Organization)
+	}
 }
 
 // wellFormed re-checks an approved request independently of the engine,
@@ -180,6 +250,11 @@ func TestWriteFuzzSeeds(t *testing.T) {
 		"not-pem":                {[]byte("hello"), node, nodeGroups},
 		"empty":                  {nil, boot, bootGroups},
 		"unrecognized-requester": {csrtest.Request(), "alice", "system:authenticated"},
+		// Serving CSRs (FuzzEvaluate decides every request as one too).
+		"serving-own-addresses":   {csrtest.Request(withServing("worker-1", "10.0.0.1", "fd00::1")), node, nodeGroups},
+		"serving-neighbour-ip":    {csrtest.Request(withServing("worker-1", "10.0.0.2")), node, nodeGroups},
+		"serving-wildcard-uri":    {csrtest.Request(withServing("*.worker-1", "10.0.0.1"), withURISAN("spiffe://x/y")), node, nodeGroups},
+		"serving-by-bootstrapper": {csrtest.Request(withServing("worker-1")), boot, bootGroups},
 	}
 	dir := filepath.Join("testdata", "fuzz", "FuzzEvaluate")
 	if err := os.MkdirAll(dir, 0o755); err != nil {
