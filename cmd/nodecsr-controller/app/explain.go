@@ -290,17 +290,19 @@ func (a assumptions) over(f approver.Facts) approver.Facts {
 
 // Explanation is explain's JSON output for one CSR.
 type Explanation struct {
-	Name       string           `json:"name"`
-	Decision   approver.Verdict `json:"decision"`
-	Reason     string           `json:"reason"`
-	Message    string           `json:"message"`
-	Path       approver.Path    `json:"path,omitempty"`
-	Node       string           `json:"node,omitempty"`
-	Requester  string           `json:"requester,omitempty"`
-	Policy     string           `json:"policy"`
-	Checks     []CheckResult    `json:"checks"`
-	Violations []string         `json:"violations"`
-	Skipped    []string         `json:"skipped"`
+	Name     string           `json:"name"`
+	Decision approver.Verdict `json:"decision"`
+	Reason   string           `json:"reason"`
+	Message  string           `json:"message"`
+	Path     approver.Path    `json:"path,omitempty"`
+	// Signer is client or serving ("other" for a CSR nodecsr does not decide).
+	Signer     string        `json:"signer"`
+	Node       string        `json:"node,omitempty"`
+	Requester  string        `json:"requester,omitempty"`
+	Policy     string        `json:"policy"`
+	Checks     []CheckResult `json:"checks"`
+	Violations []string      `json:"violations"`
+	Skipped    []string      `json:"skipped"`
 }
 
 // CheckResult is one check in explain's output.
@@ -468,7 +470,7 @@ func decodeCSRs(data []byte) ([]*certificatesv1.CertificateSigningRequest, error
 
 func explanation(csr *certificatesv1.CertificateSigningRequest, policy *config.Effective, d approver.Decision) Explanation {
 	e := Explanation{
-		Name: csr.Name, Decision: d.Verdict, Reason: d.Reason, Message: d.Message, Path: d.Path,
+		Name: csr.Name, Decision: d.Verdict, Reason: d.Reason, Message: d.Message, Path: d.Path, Signer: approver.SignerOf(csr.Spec.SignerName).String(),
 		Node: d.NodeName, Requester: csr.Spec.Username, Policy: policy.Digest,
 		Checks: []CheckResult{}, Violations: []string{}, Skipped: []string{},
 	}

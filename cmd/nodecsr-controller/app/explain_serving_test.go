@@ -70,6 +70,9 @@ func TestExplainServing(t *testing.T) {
 			if e.Decision != tc.decision || e.Reason != tc.reason || !strings.Contains(e.Message, tc.message) {
 				t.Errorf("got %s/%s (%s), want %s/%s with %q", e.Decision, e.Reason, e.Message, tc.decision, tc.reason, tc.message)
 			}
+			if e.Signer != "serving" {
+				t.Errorf("signer %q", e.Signer)
+			}
 		})
 	}
 }
