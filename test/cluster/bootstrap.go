@@ -124,3 +124,22 @@ func (c *Cluster) ApplyKubeadmRBAC(ctx context.Context) error {
 	}
 	return nil
 }
+
+// ApplyKubeletAPIRBAC lets the API server's own user for kubelets
+// (KubeletAPIUser, Options.VerifyKubelets) use every kubelet API, as kubeadm
+// does for its apiserver-kubelet-client: system:kubelet-api-admin (nodes/proxy,
+// nodes/log, nodes/stats, nodes/metrics, nodes/spec and so on), which the
+// kubelet's webhook authorizer checks with a SubjectAccessReview. It is
+// idempotent.
+func (c *Cluster) ApplyKubeletAPIRBAC(ctx context.Context) error {
+	b := &rbacv1.ClusterRoleBinding{
+		ObjectMeta: metav1.ObjectMeta{Name: "nodecsr-test:apiserver-kubelet-api-admin"},
+		RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: "system:kubelet-api-admin"},
+		Subjects:   []rbacv1.Subject{{Kind: rbacv1.UserKind, APIGroup: rbacv1.GroupName, Name: KubeletAPIUser}},
+	}
+	_, err := c.AdminClient().RbacV1().ClusterRoleBindings().Create(ctx, b, metav1.CreateOptions{})
+	if err != nil && !apierrors.IsAlreadyExists(err) {
+		return fmt.Errorf("failed to create ClusterRoleBinding %s: %w", b.Name, err)
+	}
+	return nil
+}

@@ -40,6 +40,16 @@ const KubeVersion = "v1.37.2"
 // KubeletClientSigner is the signer of kubelet client certificates.
 const KubeletClientSigner = "kubernetes.io/kube-apiserver-client-kubelet"
 
+// KubeletServingSigner is the signer of kubelet serving certificates
+// (serverTLSBootstrap). kube-controller-manager's csrsigning signs it with
+// the cluster CA too.
+const KubeletServingSigner = "kubernetes.io/kubelet-serving"
+
+// KubeletAPIUser is the user the API server authenticates as to kubelets
+// (its --kubelet-client-certificate) with Options.VerifyKubelets; see
+// ApplyKubeletAPIRBAC.
+const KubeletAPIUser = "nodecsr-test-apiserver-kubelet-client"
+
 // Options configures a control plane. The zero value is a working default.
 type Options struct {
 	// AssetsDir holds etcd, kube-apiserver and kube-controller-manager. Default:
@@ -55,6 +65,15 @@ type Options struct {
 	CSRApproving bool
 	// SigningDuration is --cluster-signing-duration (default: the server's, 1 year).
 	SigningDuration time.Duration
+	// VerifyKubelets makes the API server verify kubelets' serving
+	// certificates against the cluster CA, which signs the kubelet-serving
+	// CSRs (--kubelet-certificate-authority), authenticate to kubelets as
+	// KubeletAPIUser (--kubelet-client-certificate/-key; the kubelet's
+	// webhook authorizer needs ApplyKubeletAPIRBAC), and reach a kubelet
+	// only at its InternalIP (--kubelet-preferred-address-types): the
+	// address of a node in a network namespace of the test (NetNS). Without
+	// it the API server keeps its defaults (no verification).
+	VerifyKubelets bool
 	// APIServerFlags and ControllerManagerFlags add or override flags (name without
 	// leading dashes → value).
 	APIServerFlags         map[string]string
@@ -188,6 +207,13 @@ func (c *Cluster) writePKI() error {
 		return err
 	}
 	files["apiserver.crt"], files["apiserver.key"] = serving.CertPEM, serving.KeyPEM
+	if c.opts.VerifyKubelets {
+		kc, err := c.clients.IssueClient(KubeletAPIUser)
+		if err != nil {
+			return err
+		}
+		files["apiserver-kubelet-client.crt"], files["apiserver-kubelet-client.key"] = kc.CertPEM, kc.KeyPEM
+	}
 	// The service-account signing key pair; the API server reads the public key
 	// from the certificate.
 	sa, err := NewCA("service-accounts")
@@ -223,6 +249,12 @@ func (c *Cluster) configureAPIServer(assets, etcdURL string) error {
 		"enable-bootstrap-token-auth":      "true",
 		"allow-privileged":                 "true",
 		"profiling":                        "false",
+	}
+	if c.opts.VerifyKubelets {
+		flags["kubelet-certificate-authority"] = c.pki("cluster-ca.crt")
+		flags["kubelet-client-certificate"] = c.pki("apiserver-kubelet-client.crt")
+		flags["kubelet-client-key"] = c.pki("apiserver-kubelet-client.key")
+		flags["kubelet-preferred-address-types"] = "InternalIP"
 	}
 	for k, v := range c.opts.APIServerFlags {
 		flags[k] = v

@@ -14,6 +14,7 @@ import (
 	"maps"
 	"math/big"
 	"net"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -42,6 +43,9 @@ const (
 	// KubeletClientPendingKey is the private key of a client certificate
 	// request in flight; a kubelet that finds one reuses it.
 	KubeletClientPendingKey = "kubelet-client.key.tmp"
+	// KubeletServerCurrent is the symlink to the serving certificate and
+	// key in use (serverTLSBootstrap), one PEM file holding both.
+	KubeletServerCurrent = "kubelet-server-current.pem"
 )
 
 // KubeletOptions configures StartKubelet. NodeName is required; everything
@@ -77,8 +81,22 @@ type KubeletOptions struct {
 	RotateCertificates bool
 	// ServerTLSBootstrap is the kubelet's serverTLSBootstrap: on, the
 	// kubelet also requests its serving certificate through a CSR (signer
-	// kubernetes.io/kubelet-serving).
+	// kubernetes.io/kubelet-serving) once its Node has addresses, and
+	// renews it as it nears expiry (with RotateCertificates).
 	ServerTLSBootstrap bool
+	// ServingCertPEM and ServingKeyPEM, when set, pre-seed the certificate
+	// folder with a serving certificate as the kubelet stores one
+	// (kubelet-server-<time>.pem and kubelet-server-current.pem): with
+	// ServerTLSBootstrap the kubelet serves it until it renews it.
+	ServingCertPEM, ServingKeyPEM []byte
+	// NetNS, when set, runs the kubelet inside that network namespace
+	// (only the network: nsenter --net) as a node with an address of its
+	// own: --node-ip is NetNS.NodeIP(), the kubelet serves on it, its
+	// healthz listens on 127.0.0.1 inside, and it reaches the API server
+	// through a Forwarder on the namespace's loopback (its kubeconfigs say
+	// https://127.0.0.1:<port>, which the API server's certificate names).
+	// The caller deletes the namespace after Stop.
+	NetNS *NetNS
 	// RuntimeEndpoint is the container runtime's CRI endpoint
 	// (unix:///path). Empty: a unix socket that accepts connections,
 	// completes the HTTP/2 handshake and never answers a call, so the
@@ -98,12 +116,18 @@ type KubeletOptions struct {
 // Kubelet is a real kubelet process started by StartKubelet, with its own
 // root, certificate and configuration folders.
 type Kubelet struct {
-	c        *Cluster
-	opts     KubeletOptions
-	binary   string
-	dir      string
-	proc     *process
-	runtime  *stubRuntime
+	c       *Cluster
+	opts    KubeletOptions
+	binary  string
+	dir     string
+	proc    *process
+	runtime *stubRuntime
+	// apiFwd forwards the kubelet's API server connections out of its
+	// network namespace (NetNS); apiURL is the API server as the kubelet
+	// reaches it.
+	apiFwd   *Forwarder
+	apiURL   string
+	port     int
 	stopOnce sync.Once
 	stopErr  error
 
@@ -138,7 +162,9 @@ type qosRecord struct {
 // StartKubelet runs a real kubelet for opts.NodeName against the cluster and
 // returns once the process has started (it does not wait for a
 // certificate). Its folders live under Dir()/kubelets, its log in
-// Dir()/logs. Every address and port it listens on is on 127.0.0.1.
+// Dir()/logs. Every address and port it listens on is on 127.0.0.1, or, in
+// a network namespace (KubeletOptions.NetNS), on the node's address there
+// and the namespace's loopback.
 //
 // With t set, a kubelet that is not root skips the test, and the kubelet is
 // stopped and removed (Stop) when the test ends, with the tail of its log
@@ -163,6 +189,9 @@ func (c *Cluster) StartKubelet(ctx context.Context, t testing.TB, opts KubeletOp
 	if (len(opts.ClientCertPEM) == 0) != (len(opts.ClientKeyPEM) == 0) {
 		return nil, errors.New("KubeletOptions.ClientCertPEM and ClientKeyPEM go together")
 	}
+	if (len(opts.ServingCertPEM) == 0) != (len(opts.ServingKeyPEM) == 0) {
+		return nil, errors.New("KubeletOptions.ServingCertPEM and ServingKeyPEM go together")
+	}
 	binary, err := c.kubeletBinary(opts.Binary)
 	if err != nil {
 		return nil, err
@@ -176,7 +205,7 @@ func (c *Cluster) StartKubelet(ctx context.Context, t testing.TB, opts KubeletOp
 	if err != nil {
 		return nil, fmt.Errorf("failed to create the kubelet's folder: %w", err)
 	}
-	k := &Kubelet{c: c, opts: opts, binary: binary, dir: dir}
+	k := &Kubelet{c: c, opts: opts, binary: binary, dir: dir, apiURL: c.host}
 	if err := k.prepare(); err != nil {
 		_ = k.Stop()
 		return nil, err
@@ -271,13 +300,30 @@ func (k *Kubelet) prepare() error {
 	if err := os.WriteFile(k.path("ca.crt"), k.c.clients.CertPEM, 0o600); err != nil {
 		return fmt.Errorf("failed to write the kubelet's client CA: %w", err)
 	}
+	if ns := k.opts.NetNS; ns != nil {
+		u, err := url.Parse(k.c.host)
+		if err != nil {
+			return fmt.Errorf("failed to parse the API server URL %q: %w", k.c.host, err)
+		}
+		if k.apiFwd, err = ns.Forward(0, u.Host); err != nil {
+			return fmt.Errorf("failed to forward the API server into the kubelet's namespace: %w", err)
+		}
+		k.apiURL = "https://" + HostPort(k.apiFwd.Port())
+	}
 	if k.opts.BootstrapToken != nil {
-		if err := WriteKubeconfig(k.path("bootstrap-kubelet.conf"), k.c.BootstrapConfig(*k.opts.BootstrapToken)); err != nil {
+		cfg := k.c.BootstrapConfig(*k.opts.BootstrapToken)
+		cfg.Host = k.apiURL
+		if err := WriteKubeconfig(k.path("bootstrap-kubelet.conf"), cfg); err != nil {
 			return fmt.Errorf("failed to write the bootstrap kubeconfig: %w", err)
 		}
 	}
 	if len(k.opts.ClientCertPEM) > 0 {
 		if err := k.SeedClientCert(k.opts.ClientCertPEM, k.opts.ClientKeyPEM); err != nil {
+			return err
+		}
+	}
+	if len(k.opts.ServingCertPEM) > 0 {
+		if err := k.SeedServingCert(k.opts.ServingCertPEM, k.opts.ServingKeyPEM); err != nil {
 			return err
 		}
 	}
@@ -324,10 +370,19 @@ func (k *Kubelet) prepare() error {
 	if k.opts.BootstrapToken != nil {
 		flags["bootstrap-kubeconfig"] = k.path("bootstrap-kubelet.conf")
 	}
+	if k.opts.NetNS != nil {
+		flags["node-ip"] = k.opts.NetNS.NodeIP().String()
+	}
 	maps.Copy(flags, k.opts.Flags)
+	path, args := k.binary, flagList(flags)
+	if ns := k.opts.NetNS; ns != nil {
+		// nsenter execs the kubelet: same process, its own arguments.
+		cmd := ns.Command(context.Background(), path, args...)
+		path, args = cmd.Path, cmd.Args[1:]
+	}
 	k.proc = &process{
-		name: "kubelet " + k.opts.NodeName, path: k.binary, logPath: k.LogPath(),
-		args: flagList(flags),
+		name: "kubelet " + k.opts.NodeName, path: path, logPath: k.LogPath(),
+		args: args,
 		// The kubelet refuses a bad flag or configuration within
 		// milliseconds; a kubelet still up after this has started.
 		startAfter: 300 * time.Millisecond,
@@ -336,13 +391,19 @@ func (k *Kubelet) prepare() error {
 }
 
 // configuration is the KubeletConfiguration: cgroup v1 and swap tolerated,
-// webhook authentication and authorization, everything on 127.0.0.1, every
+// webhook authentication and authorization, everything on 127.0.0.1 (in a
+// network namespace: the kubelet's server on the node's address), every
 // path under the kubelet's folder, and, without a real runtime, no QoS
 // cgroups and no node-allocatable enforcement.
 func (k *Kubelet) configuration(endpoint string) (map[string]any, error) {
 	port, err := FreePort()
 	if err != nil {
 		return nil, err
+	}
+	k.port = port
+	address := "127.0.0.1"
+	if k.opts.NetNS != nil {
+		address = k.opts.NetNS.NodeIP().String()
 	}
 	healthz, err := FreePort()
 	if err != nil {
@@ -363,7 +424,7 @@ func (k *Kubelet) configuration(endpoint string) (map[string]any, error) {
 			"x509":      map[string]any{"clientCAFile": k.path("ca.crt")},
 		},
 		"authorization":      map[string]any{"mode": "Webhook"},
-		"address":            "127.0.0.1",
+		"address":            address,
 		"port":               port,
 		"readOnlyPort":       0,
 		"healthzBindAddress": "127.0.0.1",
@@ -381,6 +442,9 @@ func (k *Kubelet) configuration(endpoint string) (map[string]any, error) {
 		cfg["runtimeRequestTimeout"] = "1h"
 	}
 	mergeConfig(cfg, k.opts.Config)
+	if p, ok := cfg["port"].(int); ok {
+		k.port = p
+	}
 	return cfg, nil
 }
 
@@ -451,6 +515,9 @@ func (k *Kubelet) Stop() error {
 		if k.runtime != nil {
 			k.runtime.close()
 		}
+		if k.apiFwd != nil {
+			errs = append(errs, k.apiFwd.Close())
+		}
 		errs = append(errs, k.removeQoS())
 		errs = append(errs, os.RemoveAll(k.dir))
 		k.stopErr = errors.Join(errs...)
@@ -508,7 +575,18 @@ func KubeletVersion(binary string) (string, error) {
 // CurrentClientCert reads the certificate kubelet-client-current.pem points
 // to (os.ErrNotExist before the kubelet has one).
 func (k *Kubelet) CurrentClientCert() (*x509.Certificate, error) {
-	data, err := os.ReadFile(filepath.Join(k.CertDir(), KubeletClientCurrent))
+	return k.currentCert(KubeletClientCurrent)
+}
+
+// CurrentServingCert reads the certificate kubelet-server-current.pem points
+// to (os.ErrNotExist before the kubelet has one): with ServerTLSBootstrap,
+// the one it serves.
+func (k *Kubelet) CurrentServingCert() (*x509.Certificate, error) {
+	return k.currentCert(KubeletServerCurrent)
+}
+
+func (k *Kubelet) currentCert(name string) (*x509.Certificate, error) {
+	data, err := os.ReadFile(filepath.Join(k.CertDir(), name))
 	if err != nil {
 		return nil, err
 	}
@@ -516,13 +594,21 @@ func (k *Kubelet) CurrentClientCert() (*x509.Certificate, error) {
 		var block *pem.Block
 		block, data = pem.Decode(data)
 		if block == nil {
-			return nil, fmt.Errorf("no certificate in %s", KubeletClientCurrent)
+			return nil, fmt.Errorf("no certificate in %s", name)
 		}
 		if block.Type == "CERTIFICATE" {
 			return x509.ParseCertificate(block.Bytes)
 		}
 	}
 }
+
+// Port is the port of the kubelet's server (on 127.0.0.1, or on
+// NetNS.NodeIP() in a network namespace).
+func (k *Kubelet) Port() int { return k.port }
+
+// APIServerURL is the API server as the kubelet reaches it: Cluster.Host(),
+// or the Forwarder on its namespace's loopback.
+func (k *Kubelet) APIServerURL() string { return k.apiURL }
 
 // ClientConfig is a rest.Config that authenticates with the kubelet's
 // current client certificate and key, as the kubelet does.
@@ -540,32 +626,14 @@ func (k *Kubelet) ClientConfig() (*rest.Config, error) {
 // stopped kubelet it stands for a certificate the node had before; Restart
 // then starts the kubelet with it.
 func (k *Kubelet) SeedClientCert(certPEM, keyPEM []byte) error {
-	block, _ := pem.Decode(certPEM)
-	if block == nil || block.Type != "CERTIFICATE" {
-		return errors.New("ClientCertPEM holds no PEM certificate")
-	}
-	cert, err := x509.ParseCertificate(block.Bytes)
+	current, err := k.seedPair("kubelet-client", KubeletClientCurrent, certPEM, keyPEM)
 	if err != nil {
-		return fmt.Errorf("failed to parse the seeded client certificate: %w", err)
-	}
-	name := "kubelet-client-" + cert.NotBefore.UTC().Format("2006-01-02-15-04-05") + ".pem"
-	pair := append(append(slices.Clone(certPEM), '\n'), keyPEM...)
-	if err := os.WriteFile(filepath.Join(k.CertDir(), name), pair, 0o600); err != nil {
-		return fmt.Errorf("failed to write %s: %w", name, err)
-	}
-	current := filepath.Join(k.CertDir(), KubeletClientCurrent)
-	tmp := current + ".seed"
-	_ = os.Remove(tmp)
-	if err := os.Symlink(filepath.Join(k.CertDir(), name), tmp); err != nil {
-		return fmt.Errorf("failed to link %s: %w", KubeletClientCurrent, err)
-	}
-	if err := os.Rename(tmp, current); err != nil {
-		return fmt.Errorf("failed to link %s: %w", KubeletClientCurrent, err)
+		return err
 	}
 	// The kubeconfig the kubelet writes after a bootstrap: it names the
 	// current pair by path.
 	kc := clientcmdapi.NewConfig()
-	kc.Clusters["default-cluster"] = &clientcmdapi.Cluster{Server: k.c.host, CertificateAuthorityData: k.c.serving.CertPEM}
+	kc.Clusters["default-cluster"] = &clientcmdapi.Cluster{Server: k.apiURL, CertificateAuthorityData: k.c.serving.CertPEM}
 	kc.AuthInfos["default-auth"] = &clientcmdapi.AuthInfo{ClientCertificate: current, ClientKey: current}
 	kc.Contexts["default-context"] = &clientcmdapi.Context{Cluster: "default-cluster", AuthInfo: "default-auth"}
 	kc.CurrentContext = "default-context"
@@ -573,6 +641,46 @@ func (k *Kubelet) SeedClientCert(certPEM, keyPEM []byte) error {
 		return fmt.Errorf("failed to write the kubelet's kubeconfig: %w", err)
 	}
 	return nil
+}
+
+// SeedServingCert writes certPEM and keyPEM into the certificate folder as
+// the kubelet stores a serving certificate it obtained through a CSR
+// (kubelet-server-<time>.pem and the kubelet-server-current.pem symlink).
+// With ServerTLSBootstrap the kubelet serves it, and renews it at its
+// rotation deadline (or at once when its names no longer match the Node's
+// addresses).
+func (k *Kubelet) SeedServingCert(certPEM, keyPEM []byte) error {
+	_, err := k.seedPair("kubelet-server", KubeletServerCurrent, certPEM, keyPEM)
+	return err
+}
+
+// seedPair writes a certificate and its key as the kubelet's certificate
+// store does: <prefix>-<notBefore>.pem holding both, and the current
+// symlink pointing to it, which it returns.
+func (k *Kubelet) seedPair(prefix, currentName string, certPEM, keyPEM []byte) (string, error) {
+	block, _ := pem.Decode(certPEM)
+	if block == nil || block.Type != "CERTIFICATE" {
+		return "", fmt.Errorf("the certificate seeded as %s holds no PEM certificate", currentName)
+	}
+	cert, err := x509.ParseCertificate(block.Bytes)
+	if err != nil {
+		return "", fmt.Errorf("failed to parse the certificate seeded as %s: %w", currentName, err)
+	}
+	name := prefix + "-" + cert.NotBefore.UTC().Format("2006-01-02-15-04-05") + ".pem"
+	pair := append(append(slices.Clone(certPEM), '\n'), keyPEM...)
+	if err := os.WriteFile(filepath.Join(k.CertDir(), name), pair, 0o600); err != nil {
+		return "", fmt.Errorf("failed to write %s: %w", name, err)
+	}
+	current := filepath.Join(k.CertDir(), currentName)
+	tmp := current + ".seed"
+	_ = os.Remove(tmp)
+	if err := os.Symlink(filepath.Join(k.CertDir(), name), tmp); err != nil {
+		return "", fmt.Errorf("failed to link %s: %w", currentName, err)
+	}
+	if err := os.Rename(tmp, current); err != nil {
+		return "", fmt.Errorf("failed to link %s: %w", currentName, err)
+	}
+	return current, nil
 }
 
 // IssueKubeletClientCert issues a kubelet client certificate for node
@@ -583,6 +691,22 @@ func (k *Kubelet) SeedClientCert(certPEM, keyPEM []byte) error {
 // ahead (say -23h and +1h) give a certificate past its rotation deadline, a
 // notAfter in the past an expired one.
 func (c *Cluster) IssueKubeletClientCert(node string, notBefore, notAfter time.Time) (*KeyPair, error) {
+	return issueKubeletCert(c.clients, node, x509.ExtKeyUsageClientAuth, nil, notBefore, notAfter)
+}
+
+// IssueKubeletServingCert issues a kubelet serving certificate for node
+// (CN=system:node:<node>, O=system:nodes, server auth, ECDSA P-256) for the
+// given IP addresses and DNS names, signed by ca (the cluster's, or another
+// CA to stand for a certificate the API server must not trust), valid from
+// notBefore to notAfter, for KubeletOptions.ServingCertPEM.
+func IssueKubeletServingCert(ca *CA, node string, hosts []string, notBefore, notAfter time.Time) (*KeyPair, error) {
+	if len(hosts) == 0 {
+		return nil, errors.New("a serving certificate needs at least one IP address or DNS name")
+	}
+	return issueKubeletCert(ca, node, x509.ExtKeyUsageServerAuth, hosts, notBefore, notAfter)
+}
+
+func issueKubeletCert(ca *CA, node string, usage x509.ExtKeyUsage, hosts []string, notBefore, notAfter time.Time) (*KeyPair, error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return nil, fmt.Errorf("failed to generate key: %w", err)
@@ -597,11 +721,18 @@ func (c *Cluster) IssueKubeletClientCert(node string, notBefore, notAfter time.T
 		NotBefore:    notBefore,
 		NotAfter:     notAfter,
 		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+		ExtKeyUsage:  []x509.ExtKeyUsage{usage},
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, c.clients.Cert, key.Public(), c.clients.Key)
+	for _, h := range hosts {
+		if ip := net.ParseIP(h); ip != nil {
+			tmpl.IPAddresses = append(tmpl.IPAddresses, ip)
+		} else {
+			tmpl.DNSNames = append(tmpl.DNSNames, h)
+		}
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.Cert, key.Public(), ca.Key)
 	if err != nil {
-		return nil, fmt.Errorf("failed to issue a client certificate for %s: %w", node, err)
+		return nil, fmt.Errorf("failed to issue a certificate for %s: %w", node, err)
 	}
 	keyDER, err := x509.MarshalECPrivateKey(key)
 	if err != nil {
