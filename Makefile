@@ -89,7 +89,7 @@ image: ## Build the nodecsr-controller image as bin/nodecsr-controller-image.tar
 	VERSION=$(VERSION) $(GO) run ./hack/image --output $(BIN)/nodecsr-controller-image.tar
 
 .PHONY: e2e-node
-e2e-node: assets image ## As root: run the image as the chart's Pod under a real kubelet and containerd (installs Debian's containerd and runc when missing).
+e2e-node: assets image ## As root: run the image as the chart's Pod under a real kubelet and containerd, and a kubelet with its own address in a network namespace (installs Debian's containerd, runc and iproute2 when missing).
 	cd test && NODECSR_E2E_NODE=$${NODECSR_E2E_NODE:-1} NODECSR_IMAGE_TARBALL=$(BIN)/nodecsr-controller-image.tar \
 		$(GO) test -timeout 30m -count=1 -v $(TEST_FLAGS) ./e2e/node/
 

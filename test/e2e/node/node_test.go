@@ -2,13 +2,17 @@
 // the image `make image` builds, as a Pod made from the chart's own pod spec,
 // under a REAL kubelet (v1.37.2) with a REAL container runtime (Debian's
 // containerd and runc), and shows that Pod approving the client-certificate
-// renewal of the very node it runs on.
+// renewal of the very node it runs on, and the serving certificates of a
+// kubelet whose node has an address of its own in a network namespace the
+// suite creates (the API server reaches that kubelet there and verifies its
+// certificate).
 //
 // It is opt-in (`make e2e-node`, or NODECSR_E2E_NODE=1): it needs root, and
-// installs containerd and runc with apt when they are missing. Everything it
-// starts lives under one temporary folder and one cgroup of its own; it
-// removes all of it when it ends, also when it fails or is interrupted, and
-// checks that no process, mount or cgroup is left.
+// installs containerd and runc (and iproute2) with apt when they are
+// missing. Everything it starts lives under one temporary folder, one
+// cgroup and at most one network namespace of its own; it removes all of it
+// when it ends, also when it fails or is interrupted, and checks that no
+// process, mount, cgroup, namespace or network interface is left.
 package node_test
 
 import (
@@ -105,7 +109,7 @@ func TestNodecsrPodApprovesItsNodesRenewal(t *testing.T) {
 	tn := startNode(ctx, t, nodeOptions{})
 	c, admin, k := tn.c, tn.admin, tn.kubelet
 
-	pod := installAndRunPod(ctx, t, c, admin, tn.repo, tn.tag)
+	pod := installAndRunPod(ctx, t, tn, nil)
 	t.Logf("pod %s/%s runs %s:%s on %s and is Ready", pod.Namespace, pod.Name, tn.repo, tn.tag, nodeName)
 	assertConfined(t, tn.cgroup, &pod.Spec)
 
@@ -146,6 +150,17 @@ type nodeOptions struct {
 	// apiServerFlags, when set, returns kube-apiserver flags to add; it may
 	// write the files they name into dir, the node's folder.
 	apiServerFlags func(dir string) (map[string]string, error)
+	// netns gives the node an address of its own: the kubelet runs in a
+	// network namespace of the test's (cluster.CreateNetNS), and the API
+	// server reaches it at that address and verifies its serving
+	// certificate against the cluster CA (cluster.Options.VerifyKubelets).
+	netns bool
+	// signingDuration is kube-controller-manager's
+	// --cluster-signing-duration (0: its default).
+	signingDuration time.Duration
+	// kubelet, when set, changes the kubelet's options before it starts;
+	// ns is the node's namespace (nil without netns).
+	kubelet func(ns *cluster.NetNS, o *cluster.KubeletOptions) error
 }
 
 // testNode is a running node: the control plane, containerd with the
@@ -187,7 +202,7 @@ func startNode(ctx context.Context, t *testing.T, opts nodeOptions) *testNode {
 	goRun(ctx, t, filepath.Join(root, "test"), "./pause", "--output", pauseTar, "--ref", pauseRef)
 	imageTar := imageTarball(ctx, t, root, n.dir)
 
-	copts := cluster.Options{Dir: filepath.Join(n.dir, "cluster"), Logf: t.Logf}
+	copts := cluster.Options{Dir: filepath.Join(n.dir, "cluster"), Logf: t.Logf, SigningDuration: opts.signingDuration, VerifyKubelets: opts.netns}
 	if opts.apiServerFlags != nil {
 		if copts.APIServerFlags, err = opts.apiServerFlags(n.dir); err != nil {
 			t.Fatal(err)
@@ -201,6 +216,11 @@ func startNode(ctx context.Context, t *testing.T, opts nodeOptions) *testNode {
 	admin := c.AdminClient()
 	if err := c.ApplyKubeadmRBAC(ctx); err != nil {
 		t.Fatal(err)
+	}
+	if opts.netns {
+		if err := c.ApplyKubeletAPIRBAC(ctx); err != nil {
+			t.Fatal(err)
+		}
 	}
 
 	ctrd, err := cluster.StartContainerd(ctx, cluster.ContainerdOptions{Dir: filepath.Join(n.dir, "containerd"), SandboxImage: pauseRef, Logf: t.Logf})
@@ -228,18 +248,34 @@ func startNode(ctx context.Context, t *testing.T, opts nodeOptions) *testNode {
 	if err := cluster.CreateCgroup(n.cgroup); err != nil {
 		t.Fatal(err)
 	}
-	k, err := c.StartKubelet(ctx, nil, cluster.KubeletOptions{
+	if opts.netns {
+		ns, err := cluster.CreateNetNS(ctx, n.dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		n.cleanup("delete the network namespace and its veth pair", ns.Delete)
+		n.netns = ns
+		t.Logf("network namespace %s: %s %s (root namespace) ⇄ %s %s (the node's)", ns.Path(), ns.HostLink(), ns.HostIP(), ns.NodeLink(), ns.NodeIP())
+	}
+	kopts := cluster.KubeletOptions{
 		NodeName:           nodeName,
 		ClientCertPEM:      first.CertPEM,
 		ClientKeyPEM:       first.KeyPEM,
 		RotateCertificates: true,
 		RuntimeEndpoint:    ctrd.Endpoint(),
+		NetNS:              n.netns,
 		Config: map[string]any{
 			// The node's pods live in a cgroup of the suite's own, not in
 			// a kubepods shared with any other kubelet on the machine.
 			"cgroupRoot": "/" + n.cgroup,
 		},
-	})
+	}
+	if opts.kubelet != nil {
+		if err := opts.kubelet(n.netns, &kopts); err != nil {
+			t.Fatal(err)
+		}
+	}
+	k, err := c.StartKubelet(ctx, nil, kopts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -280,12 +316,22 @@ func requireNode(t *testing.T) {
 	if os.Geteuid() != 0 {
 		cannot("a node needs root (containerd, runc and the kubelet mount, create cgroups and run containers); run as root")
 	}
+	// containerd and runc for the node's runtime; ip and nsenter for a
+	// node in a network namespace.
 	missing := cluster.MissingContainerdBinaries()
+	var packages []string
+	if len(missing) > 0 {
+		packages = append(packages, cluster.ContainerdPackages...)
+	}
+	if m := cluster.MissingNetNSBinaries(); len(m) > 0 {
+		missing = append(missing, m...)
+		packages = append(packages, cluster.NetNSPackages...)
+	}
 	if len(missing) == 0 {
 		return
 	}
 	if _, err := exec.LookPath("apt-get"); err != nil {
-		cannot("%s not installed, and no apt-get to install Debian's %s", strings.Join(missing, ", "), strings.Join(cluster.ContainerdPackages, " "))
+		cannot("%s not installed, and no apt-get to install Debian's %s", strings.Join(missing, ", "), strings.Join(packages, " "))
 	}
 	apt := func(args ...string) error {
 		start := time.Now()
@@ -298,15 +344,15 @@ func requireNode(t *testing.T) {
 		t.Logf("apt-get %s (%s)", strings.Join(args, " "), time.Since(start).Round(100*time.Millisecond))
 		return nil
 	}
-	t.Logf("%s missing: installing Debian's %s", strings.Join(missing, ", "), strings.Join(cluster.ContainerdPackages, " "))
+	t.Logf("%s missing: installing Debian's %s", strings.Join(missing, ", "), strings.Join(packages, " "))
 	if err := apt("update"); err != nil {
 		cannot("%v", err)
 	}
-	if err := apt(append([]string{"install", "-y", "--no-install-recommends"}, cluster.ContainerdPackages...)...); err != nil {
+	if err := apt(append([]string{"install", "-y", "--no-install-recommends"}, packages...)...); err != nil {
 		cannot("%v", err)
 	}
-	if missing := cluster.MissingContainerdBinaries(); len(missing) > 0 {
-		t.Fatalf("apt-get installed %s, yet %s is not on PATH", strings.Join(cluster.ContainerdPackages, " "), strings.Join(missing, ", "))
+	if missing := append(cluster.MissingContainerdBinaries(), cluster.MissingNetNSBinaries()...); len(missing) > 0 {
+		t.Fatalf("apt-get installed %s, yet %s is not on PATH", strings.Join(packages, " "), strings.Join(missing, ", "))
 	}
 }
 
@@ -332,6 +378,8 @@ type node struct {
 	cgroup  string
 	ctrd    *cluster.Containerd
 	kubelet *cluster.Kubelet
+	// netns is the kubelet's network namespace (nodeOptions.netns).
+	netns *cluster.NetNS
 
 	mu       sync.Mutex
 	cleanups []cleanupStep
@@ -476,13 +524,15 @@ func sweepStale(t *testing.T) {
 
 // removeNodeDir removes everything of the node in dir: its containerd's
 // shims with the pods' processes and their sockets, any other process that
-// names dir (containerd, the kubelet) with its children, the node's cgroup,
-// every mount under dir, the kubelet's files outside dir that did not exist
-// before (hostBefore; nil: none is removed), and dir.
+// names dir (containerd, the kubelet) with its children, the node's network
+// namespace and veth pair, the node's cgroup, every mount under dir, the
+// kubelet's files outside dir that did not exist before (hostBefore; nil:
+// none is removed), and dir.
 func removeNodeDir(dir string, hostBefore map[string][]string) error {
 	return errors.Join(
 		cluster.RemoveShimsUnder(dir),
 		cluster.KillProcessesUnder(dir),
+		cluster.RemoveNetNSIn(dir),
 		cluster.RemoveCgroupsAt(time.Minute, "/"+filepath.Base(dir)),
 		cluster.UnmountUnder(dir),
 		removeLogSymlinks(dir),
@@ -634,12 +684,13 @@ func waitNodeReady(ctx context.Context, t *testing.T, admin kubernetes.Interface
 	t.Logf("node %s is Ready", nodeName)
 }
 
-// installAndRunPod installs the chart with Helm's SDK and runs its
-// Deployment's pod template as a Pod on the node (there is no scheduler and
-// no Deployment controller), changed only where this machine needs it, and
-// waits until it is Ready.
-func installAndRunPod(ctx context.Context, t *testing.T, c *cluster.Cluster, admin kubernetes.Interface, repo, tag string) *corev1.Pod {
+// installAndRunPod installs the chart with Helm's SDK (values merged over
+// chartValues) and runs its Deployment's pod template as a Pod on the node
+// (there is no scheduler and no Deployment controller), changed only where
+// this machine needs it, and waits until it is Ready.
+func installAndRunPod(ctx context.Context, t *testing.T, tn *testNode, values map[string]any) *corev1.Pod {
 	t.Helper()
+	c, admin := tn.c, tn.admin
 	caPEM := prepareNamespace(ctx, t, c, admin)
 
 	// hostNetwork: every port is a port of the machine; take free ones.
@@ -661,8 +712,17 @@ func installAndRunPod(ctx context.Context, t *testing.T, c *cluster.Cluster, adm
 	if err != nil {
 		t.Fatal(err)
 	}
-	vals := chartValues(repo, tag, caPEM, metricsPort, probePort, webhookPort)
+	vals := chartValues(tn.repo, tn.tag, caPEM, metricsPort, probePort, webhookPort)
 	vals["replicaCount"] = 1
+	mergeValues(vals, values)
+	if tn.netns != nil {
+		// The pod shares the root namespace's network (containerd runs
+		// there); the kubelet, in its namespace, probes it at 127.0.0.1
+		// there, forwarded to the pod's port.
+		if _, err := tn.netns.Forward(probePort, cluster.HostPort(probePort)); err != nil {
+			t.Fatal(err)
+		}
+	}
 	if _, _, err := env.HelmInstall(ctx, c.AdminKubeconfig(), ch, release, namespace, vals, nil); err != nil {
 		t.Fatal(err)
 	}
@@ -757,6 +817,19 @@ func prepareNamespace(ctx context.Context, t *testing.T, c *cluster.Cluster, adm
 		t.Fatal(err)
 	}
 	return ca.CertPEM
+}
+
+// mergeValues merges over into dst: maps key by key, other values replaced.
+func mergeValues(dst, over map[string]any) {
+	for k, v := range over {
+		if om, ok := v.(map[string]any); ok {
+			if dm, ok := dst[k].(map[string]any); ok {
+				mergeValues(dm, om)
+				continue
+			}
+		}
+		dst[k] = v
+	}
 }
 
 // chartValues are the chart's values on this node: the image imported into
@@ -1148,11 +1221,21 @@ func assertNoLeftovers(t *testing.T, n *node, before map[string][]string, kubepo
 			left = append(left, fmt.Sprintf("host folder %s: before %v, after %v", p, before[p], after[p]))
 		}
 	}
+	netns := ""
+	if n.netns != nil {
+		nl, err := n.netns.Leftovers()
+		if err != nil {
+			t.Fatal(err)
+		}
+		left = append(left, nl...)
+		netns = fmt.Sprintf("; no process is in the network namespace (inode %d), %s and its peer are gone and no address of %s is left",
+			n.netns.Inode(), n.netns.HostLink(), n.netns.Subnet())
+	}
 	if len(left) > 0 {
 		t.Fatalf("the node left behind:\n  %s", strings.Join(left, "\n  "))
 	}
-	t.Logf("leftover check: no process mentions %s or descends from one, nothing is mounted under it, no cgroup %s or kubepods in any hierarchy, the folder is gone, and %s are as before",
-		n.dir, n.cgroup, strings.Join(hostPaths, " "))
+	t.Logf("leftover check: no process mentions %s or descends from one, nothing is mounted under it, no cgroup %s or kubepods in any hierarchy, the folder is gone, and %s are as before%s",
+		n.dir, n.cgroup, strings.Join(hostPaths, " "), netns)
 }
 
 // snapshot lists each path's entries ("<absent>" when it does not exist).
