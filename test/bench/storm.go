@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"strconv"
 	"sync"
 	"time"
 )
@@ -30,17 +31,21 @@ type stormResult struct {
 	CPU                 cpuUse       `json:"cpu"`
 	APIRequests         requestDelta `json:"apiRequests"`
 	RequestsPerDecision float64      `json:"requestsPerDecision"`
+	// The inventory (storm_inventory.go): on in this run or not, and the
+	// same storm with it off.
+	Inventory        stormInventory `json:"inventory"`
+	WithoutInventory *stormResult   `json:"withoutInventory,omitempty"`
 }
 
-func (e *env) runStorm(ctx context.Context, o *options) (*stormResult, error) {
-	const group = "storm"
+// runStormOnce is one storm of the group's nodes, with the inventory on or off.
+func (e *env) runStormOnce(ctx context.Context, o *options, group string, inventory bool) (*stormResult, error) {
 	n := o.stormN
-	res := &stormResult{N: n, Senders: o.stormSenders, TargetSeconds: o.stormDuration.Seconds()}
+	res := &stormResult{N: n, Senders: o.stormSenders, TargetSeconds: o.stormDuration.Seconds(), Inventory: stormInventory{On: inventory}}
 	if err := e.ensureSigning(ctx); err != nil {
 		return nil, err
 	}
 	t := time.Now()
-	ids, err := e.makeIdentities(ctx, "bench-storm", group, n)
+	ids, err := e.makeIdentities(ctx, "bench-"+group, group, n)
 	if err != nil {
 		return nil, err
 	}
@@ -54,7 +59,7 @@ func (e *env) runStorm(ctx context.Context, o *options) (*stormResult, error) {
 	}
 	e.logf("storm: %d node identities and Nodes ready in %s", n, time.Since(t).Round(100*time.Millisecond))
 
-	c, err := e.startController("nodecsr-storm")
+	c, err := e.startController("nodecsr-"+group, "--inventory="+strconv.FormatBool(inventory))
 	if err != nil {
 		return nil, err
 	}
@@ -130,6 +135,9 @@ pace:
 
 	waitErr := e.tracker.waitFor(ctx, group, 5*time.Minute, "waiting for the storm's decisions",
 		func(_, decided int) bool { return decided >= n }, c.exitedErr)
+	if waitErr == nil && inventory {
+		waitErr = e.waitInventory(ctx, c, group, n, &res.Inventory)
+	}
 	if mem, err := readMem(c.pid()); err == nil {
 		res.ControllerPeakRSS, res.ControllerRSS = mem.HWM, mem.RSS
 	}
