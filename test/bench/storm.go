@@ -135,9 +135,6 @@ pace:
 
 	waitErr := e.tracker.waitFor(ctx, group, 5*time.Minute, "waiting for the storm's decisions",
 		func(_, decided int) bool { return decided >= n }, c.exitedErr)
-	if waitErr == nil && inventory {
-		waitErr = e.waitInventory(ctx, c, group, n, &res.Inventory)
-	}
 	if mem, err := readMem(c.pid()); err == nil {
 		res.ControllerPeakRSS, res.ControllerRSS = mem.HWM, mem.RSS
 	}
@@ -148,6 +145,10 @@ pace:
 	}
 	res.CPU = cpuBetween(cpu0, cpu1, numCPU())
 	res.APIRequests = diffRequests(before, after)
+	// The inventory's writes follow the signing, after the window above.
+	if waitErr == nil && inventory {
+		waitErr = e.waitInventory(ctx, c, group, n, &res.Inventory)
+	}
 
 	var last time.Time
 	var c2d []time.Duration

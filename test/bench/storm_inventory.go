@@ -103,7 +103,7 @@ func stormInventoryTable(s *stormResult, md bool) string {
 			return secs(r.CreateToDecision.P50) + " / " + secs(r.CreateToDecision.P99)
 		}),
 		row("last create → last decision (drain)", func(r *stormResult) string { return secs(r.DrainSeconds) }),
-		row("API requests per decision (all clients)", func(r *stormResult) string { return fmt.Sprintf("%.2f", r.RequestsPerDecision) }),
+		row("API requests per decision (all clients, until the last decision)", func(r *stormResult) string { return fmt.Sprintf("%.2f", r.RequestsPerDecision) }),
 		row("CPU of nodecsr-controller (cores)", func(r *stormResult) string { return fmt.Sprintf("%.2f", r.CPU.Contender) }),
 		row("inventory writes: create / status / update (errors)", func(r *stormResult) string {
 			if !r.Inventory.On {

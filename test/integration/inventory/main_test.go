@@ -37,6 +37,8 @@ var (
 	admin   kubernetes.Interface
 	kclient client.Client
 	ctl     *env.Controller
+	// binary is the nodecsr-controller Main built.
+	binary string
 )
 
 func TestMain(m *testing.M) {
@@ -44,7 +46,7 @@ func TestMain(m *testing.M) {
 		Cluster: cluster.Options{GarbageCollector: true},
 		Build:   []string{"./cmd/nodecsr-controller"},
 		Setup: func(s *env.Suite) error {
-			tc, admin = s.Cluster, s.Cluster.AdminClient()
+			tc, admin, binary = s.Cluster, s.Cluster.AdminClient(), s.Binary("nodecsr-controller")
 			scheme := runtime.NewScheme()
 			if err := clientgoscheme.AddToScheme(scheme); err != nil {
 				return err
