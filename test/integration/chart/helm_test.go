@@ -110,12 +110,18 @@ func install(t *testing.T, releaseName, namespace string, vals map[string]any, w
 	defer cancel()
 	// The releases of the package share the cluster's NodeCertificate CRD,
 	// which TestMain installs: a CRD can belong to one release only.
-	if _, set := vals["crds"]; !set {
+	crds, _ := vals["crds"].(map[string]any)
+	if _, set := crds["enabled"]; !set {
+		crds = maps.Clone(crds)
+		if crds == nil {
+			crds = map[string]any{}
+		}
+		crds["enabled"] = false
 		vals = maps.Clone(vals)
 		if vals == nil {
 			vals = map[string]any{}
 		}
-		vals["crds"] = map[string]any{"enabled": false}
+		vals["crds"] = crds
 	}
 	rel, uninstall, err := env.HelmInstall(ctx, tc.AdminKubeconfig(), loadChart(t), releaseName, namespace, vals, warn)
 	if err != nil {
