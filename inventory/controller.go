@@ -32,6 +32,9 @@ const (
 	DefaultHeartbeatFresh    = 2 * time.Minute
 	DefaultOverdueRecheck    = time.Minute
 	defaultWorkers           = 4
+	// staleRecheckFactor spaces the rechecks of an entry past its rotation
+	// window whose node does not heartbeat.
+	staleRecheckFactor = 10
 	// maxRetryDelay caps the backoff of a node whose write keeps failing
 	// (an API server outage): its certificates stay in memory meanwhile.
 	maxRetryDelay = 30 * time.Second
@@ -78,7 +81,8 @@ type Controller struct {
 	// node to count as alive (RotationOverdue).
 	HeartbeatFresh time.Duration
 	// OverdueRecheck is how often an entry past its rotation window is
-	// looked at again (its Lease read).
+	// looked at again (its Lease read); ten times as long while its node
+	// does not heartbeat.
 	OverdueRecheck time.Duration
 	// Workers write entries in parallel.
 	Workers int
@@ -472,7 +476,6 @@ func (c *Controller) schedule(ctx context.Context, nc *nodecsrv1alpha1.NodeCerti
 		sooner(cl.RenewBefore.Sub(now) + time.Second)
 		return after, nil
 	}
-	sooner(c.OverdueRecheck)
 	overdue := false
 	if nodeExists {
 		hb, err := c.Heartbeats.LastHeartbeat(ctx, nc.Name)
@@ -482,9 +485,13 @@ func (c *Controller) schedule(ctx context.Context, nc *nodecsrv1alpha1.NodeCerti
 		overdue = Overdue(cl, hb, now, c.HeartbeatFresh)
 	}
 	if !overdue {
+		// A node that does not heartbeat (down, or gone) is looked at
+		// less often: one Lease read per ten rechecks.
+		sooner(staleRecheckFactor * c.OverdueRecheck)
 		c.Metrics.Overdue.DeleteLabelValues(nc.Name)
 		return after, nil
 	}
+	sooner(c.OverdueRecheck)
 	c.Metrics.Overdue.WithLabelValues(nc.Name).Set(1)
 	note := fmt.Sprintf("the kubelet client certificate %s (CSR %s) passed the end of its rotation window at %s and expires at %s, and no newer one was issued; the node's Lease is renewed, so its kubelet runs but does not rotate (or its renewals are not approved)",
 		cl.SerialNumber, cl.CSRName, cl.RenewBefore.UTC().Format(time.RFC3339), cl.NotAfter.UTC().Format(time.RFC3339))
