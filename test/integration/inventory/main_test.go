@@ -13,6 +13,8 @@ import (
 	"time"
 
 	certificatesv1 "k8s.io/api/certificates/v1"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/kubernetes"
@@ -61,8 +63,13 @@ func TestMain(m *testing.M) {
 			if err := tc.ApplyKubeadmRBAC(s.Context()); err != nil {
 				return err
 			}
-			// LaunchController installs the CRD (api/v1alpha1's, which
-			// the chart's render test keeps equal to the chart's).
+			// The CRD comes from the chart, installed as a release with
+			// the defaults that matter here (crds.enabled, crds.keep); its
+			// Deployment never runs (no kubelet): the suite runs the
+			// binary itself.
+			if err := installRelease(s.Context()); err != nil {
+				return err
+			}
 			ctl, err = s.LaunchController(env.ControllerOptions{
 				PodName: "nodecsr-inventory-test", PodNamespace: "kube-system",
 				Args: map[string]string{
@@ -73,6 +80,36 @@ func TestMain(m *testing.M) {
 			return err
 		},
 	}))
+}
+
+// The release that installs the CRD.
+const releaseName, releaseNamespace = "nodecsr", "nodecsr-system"
+
+// releaseValues: the chart's defaults but for what needs a running cluster
+// beyond this one (cert-manager, a scheduler).
+var releaseValues = map[string]any{
+	"replicaCount":   1,
+	"leaderElection": map[string]any{"enabled": false},
+	"webhook":        map[string]any{"enabled": false},
+	"tests":          map[string]any{"enabled": false},
+}
+
+// installRelease installs the chart as releaseName.
+func installRelease(ctx context.Context) error {
+	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: releaseNamespace}}
+	if _, err := admin.CoreV1().Namespaces().Create(ctx, ns, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+		return err
+	}
+	root, err := cluster.RepoRoot()
+	if err != nil {
+		return err
+	}
+	ch, err := env.LoadChart(root)
+	if err != nil {
+		return err
+	}
+	_, _, err = env.HelmInstall(ctx, tc.AdminKubeconfig(), ch, releaseName, releaseNamespace, releaseValues, nil)
+	return err
 }
 
 // poll polls cond until it is done or the test's deadline nears; a
