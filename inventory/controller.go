@@ -175,6 +175,7 @@ func (c *Controller) SetupWithManager(ctx context.Context, mgr ctrl.Manager) err
 			if nc, ok := obj.(*nodecsrv1alpha1.NodeCertificate); ok {
 				c.mu.Lock()
 				delete(c.known, nc.Name)
+				delete(c.lastWrite, nc.Name)
 				c.mu.Unlock()
 				if c.Expiry != nil {
 					c.Expiry.Forget(nc.Name)
