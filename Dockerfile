@@ -18,9 +18,11 @@ RUN --mount=type=cache,target=/go/pkg/mod go mod download
 # Only the packages the binary is built from (no .cache, bin or test assets
 # in the build context's copy).
 COPY cmd/ cmd/
+COPY api/ api/
 COPY approver/ approver/
 COPY config/ config/
 COPY internal/ internal/
+COPY inventory/ inventory/
 COPY webhook/ webhook/
 RUN --mount=type=cache,target=/go/pkg/mod --mount=type=cache,target=/root/.cache/go-build \
     CGO_ENABLED=0 GOOS=$TARGETOS GOARCH=$TARGETARCH \

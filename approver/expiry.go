@@ -15,10 +15,11 @@ import (
 
 // ExpiryTracker remembers, for every node, the newest kubelet client
 // certificate issued to it through a CSR nodecsr watches, and exports when it
-// expires. It is rebuilt from the CSRs the API server still holds when the
-// controller starts: kube-controller-manager's CSR cleaner deletes issued
-// CSRs after an hour, so after a restart only nodes that received a
-// certificate since then are known (a running controller keeps what it saw).
+// expires. It learns from the CSRs the API server still holds and, with the
+// inventory on, from the NodeCertificate objects (ObserveCertificate), which
+// outlive the CSRs: kube-controller-manager's CSR cleaner deletes issued
+// CSRs after an hour, so without the inventory a restarted controller knows
+// only the nodes that received a certificate since then.
 type ExpiryTracker struct {
 	// Horizon is how far ahead an expiry counts as coming soon.
 	Horizon time.Duration
@@ -62,23 +63,31 @@ func (t *ExpiryTracker) Observe(csr *certificatesv1.CertificateSigningRequest) {
 	if !ok || node == "" {
 		return
 	}
+	t.ObserveCertificate(node, cert.NotBefore, cert.NotAfter, csr.Name)
+}
+
+// ObserveCertificate records a kubelet client certificate of node known from
+// elsewhere than a CSR (the inventory, which outlives the CSRs). A
+// certificate that is not newer than the one known for the node changes
+// nothing.
+func (t *ExpiryTracker) ObserveCertificate(node string, notBefore, notAfter time.Time, csr string) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if t.nodes == nil {
 		t.nodes = map[string]issuedCert{}
 	}
-	if known, ok := t.nodes[node]; ok && !newerCert(cert, known) {
+	if known, ok := t.nodes[node]; ok && !newerCert(notBefore, notAfter, known) {
 		return
 	}
-	t.nodes[node] = issuedCert{notBefore: cert.NotBefore, notAfter: cert.NotAfter, csr: csr.Name}
+	t.nodes[node] = issuedCert{notBefore: notBefore, notAfter: notAfter, csr: csr}
 }
 
 // newerCert orders certificates by NotBefore, then NotAfter.
-func newerCert(cert *x509.Certificate, known issuedCert) bool {
-	if !cert.NotBefore.Equal(known.notBefore) {
-		return cert.NotBefore.After(known.notBefore)
+func newerCert(notBefore, notAfter time.Time, known issuedCert) bool {
+	if !notBefore.Equal(known.notBefore) {
+		return notBefore.After(known.notBefore)
 	}
-	return cert.NotAfter.After(known.notAfter)
+	return notAfter.After(known.notAfter)
 }
 
 // ObserveUpdate records a CSR update when its certificate changed.

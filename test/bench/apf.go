@@ -408,6 +408,8 @@ func (e *env) installForAPF(ctx context.Context, ch *chart.Chart, r *apfRelease)
 		"webhook":        map[string]any{"enabled": false},
 		"tests":          map[string]any{"enabled": false},
 		"apf":            map[string]any{"enabled": r.apf},
+		// The two releases share the CRD setupEnv installed.
+		"crds": map[string]any{"enabled": false},
 	}
 	if _, err := inst.RunWithContext(ctx, ch, vals); err != nil {
 		return undo, fmt.Errorf("helm install %s: %w", r.release, err)

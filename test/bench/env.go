@@ -84,6 +84,10 @@ func setupEnv(ctx context.Context, logf func(string, ...any)) (e *env, cleanup f
 	if err := e.c.ApplyKubeadmRBAC(ctx); err != nil {
 		return nil, nil, err
 	}
+	// nodecsr-controller's inventory (on by default) needs its CRD.
+	if err := cluster.InstallInventoryCRD(ctx, e.c.AdminConfig()); err != nil {
+		return nil, nil, err
+	}
 	for _, p := range e.c.PIDs() {
 		var pid int
 		_, _ = fmt.Sscan(p, &pid)

@@ -63,7 +63,7 @@ func renderMarkdown(r *report, o *options) string {
 	if s := r.Storm; s != nil {
 		p("## Renewal storm\n\n")
 		p("%d nodes each file a kubelet client CSR (own client certificate, a new TLS connection each), spread evenly over %.0f s by %d goroutines, while nodecsr-controller (defaults) and csrsigning run.\n\n", s.N, s.TargetSeconds, s.Senders)
-		p("%s\n### What limits it\n\n%s\n", stormTable(s, true), stormAnalysis(r))
+		p("%s\n%s\n### What limits it\n\n%s\n", stormTable(s, true), stormInventoryTable(s, true), stormAnalysis(r))
 	}
 	if q := r.Requester; q != nil {
 		p("## nodecsr-request, bootstrap path\n\n")

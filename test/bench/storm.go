@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"strconv"
 	"sync"
 	"time"
 )
@@ -30,17 +31,21 @@ type stormResult struct {
 	CPU                 cpuUse       `json:"cpu"`
 	APIRequests         requestDelta `json:"apiRequests"`
 	RequestsPerDecision float64      `json:"requestsPerDecision"`
+	// The inventory (storm_inventory.go): on in this run or not, and the
+	// same storm with it off.
+	Inventory        stormInventory `json:"inventory"`
+	WithoutInventory *stormResult   `json:"withoutInventory,omitempty"`
 }
 
-func (e *env) runStorm(ctx context.Context, o *options) (*stormResult, error) {
-	const group = "storm"
+// runStormOnce is one storm of the group's nodes, with the inventory on or off.
+func (e *env) runStormOnce(ctx context.Context, o *options, group string, inventory bool) (*stormResult, error) {
 	n := o.stormN
-	res := &stormResult{N: n, Senders: o.stormSenders, TargetSeconds: o.stormDuration.Seconds()}
+	res := &stormResult{N: n, Senders: o.stormSenders, TargetSeconds: o.stormDuration.Seconds(), Inventory: stormInventory{On: inventory}}
 	if err := e.ensureSigning(ctx); err != nil {
 		return nil, err
 	}
 	t := time.Now()
-	ids, err := e.makeIdentities(ctx, "bench-storm", group, n)
+	ids, err := e.makeIdentities(ctx, "bench-"+group, group, n)
 	if err != nil {
 		return nil, err
 	}
@@ -54,7 +59,7 @@ func (e *env) runStorm(ctx context.Context, o *options) (*stormResult, error) {
 	}
 	e.logf("storm: %d node identities and Nodes ready in %s", n, time.Since(t).Round(100*time.Millisecond))
 
-	c, err := e.startController("nodecsr-storm")
+	c, err := e.startController("nodecsr-"+group, "--inventory="+strconv.FormatBool(inventory))
 	if err != nil {
 		return nil, err
 	}
@@ -140,6 +145,10 @@ pace:
 	}
 	res.CPU = cpuBetween(cpu0, cpu1, numCPU())
 	res.APIRequests = diffRequests(before, after)
+	// The inventory's writes follow the signing, after the window above.
+	if waitErr == nil && inventory {
+		waitErr = e.waitInventory(ctx, c, group, n, &res.Inventory)
+	}
 
 	var last time.Time
 	var c2d []time.Duration

@@ -15,7 +15,7 @@ func renderText(r *report) string {
 		b.WriteString(approveTable(a, false) + "\n" + approveAnalysis(a) + "\n")
 	}
 	if s := r.Storm; s != nil {
-		b.WriteString(stormTable(s, false) + "\n" + stormAnalysis(r) + "\n")
+		b.WriteString(stormTable(s, false) + "\n" + stormInventoryTable(s, false) + "\n" + stormAnalysis(r) + "\n")
 	}
 	if q := r.Requester; q != nil {
 		b.WriteString(requesterTable(q, false) + "\n" + requesterAnalysis(q) + "\n")

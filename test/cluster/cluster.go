@@ -63,6 +63,9 @@ type Options struct {
 	// CSRApproving also runs kube-controller-manager's own csrapproving
 	// controller (the incumbent approver), for side-by-side comparisons.
 	CSRApproving bool
+	// GarbageCollector also runs kube-controller-manager's garbagecollector
+	// controller (owner references).
+	GarbageCollector bool
 	// SigningDuration is --cluster-signing-duration (default: the server's, 1 year).
 	SigningDuration time.Duration
 	// VerifyKubelets makes the API server verify kubelets' serving
@@ -288,6 +291,9 @@ func (c *Cluster) controllers() []string {
 	ctrls := []string{"csrsigning"}
 	if c.opts.CSRApproving {
 		ctrls = append(ctrls, "csrapproving")
+	}
+	if c.opts.GarbageCollector {
+		ctrls = append(ctrls, "garbagecollector")
 	}
 	return ctrls
 }

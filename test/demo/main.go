@@ -104,6 +104,10 @@ func run(ctx context.Context, keep bool, nodes int) (err error) {
 	if err := d.c.ApplyKubeadmRBAC(ctx); err != nil {
 		return err
 	}
+	// nodecsr-controller's inventory (on by default) needs its CRD.
+	if err := cluster.InstallInventoryCRD(ctx, d.c.AdminConfig()); err != nil {
+		return err
+	}
 
 	controller, err := d.startController(ctx)
 	if err != nil {

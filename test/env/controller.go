@@ -221,6 +221,16 @@ func LaunchController(ctx context.Context, opts ControllerOptions) (*Controller,
 		ctx, cancel = context.WithTimeout(ctx, opts.Deadline)
 		defer cancel()
 	}
+	// Without a chart, nothing else installs the inventory's CRD.
+	if v, _ := FlagValue(ctl.Args, "inventory"); opts.Deployment == nil && v != "false" {
+		cfg, err := clientcmd.BuildConfigFromFlags("", opts.AdminKubeconfig)
+		if err != nil {
+			return nil, err
+		}
+		if err := cluster.InstallInventoryCRD(ctx, cfg); err != nil {
+			return nil, err
+		}
+	}
 	if err := ctl.Start(ctx); err != nil {
 		return nil, err
 	}

@@ -8,6 +8,8 @@ import (
 
 	"github.com/spf13/pflag"
 	"k8s.io/apiserver/pkg/authentication/serviceaccount"
+
+	"github.com/nodecsr/nodecsr/inventory"
 )
 
 // Options configures nodecsr-controller. Every field is a flag.
@@ -65,6 +67,15 @@ type Options struct {
 	// counts in nodecsr_node_certificates_expiring.
 	CertificateExpiryHorizon time.Duration
 
+	// Inventory keeps the NodeCertificate inventory (needs its CRD).
+	Inventory bool
+	// InventoryInterval is the least time between two writes of one node's
+	// NodeCertificate.
+	InventoryInterval time.Duration
+	// InventoryUnregisteredGrace is how long a NodeCertificate whose name
+	// never registered a Node is kept.
+	InventoryUnregisteredGrace time.Duration
+
 	// LogFormat is json or text; LogLevel is the zap level (debug, info, error or a number).
 	LogFormat string
 	LogLevel  string
@@ -94,6 +105,11 @@ func NewOptions() *Options {
 		SelfUsername:             defaultSelfUsername(),
 		LogFormat:                "json",
 		LogLevel:                 "info",
+
+		// The inventory (inventory/).
+		Inventory:                  true,
+		InventoryInterval:          inventory.DefaultInterval,
+		InventoryUnregisteredGrace: inventory.DefaultUnregisteredGrace,
 	}
 }
 
@@ -122,6 +138,9 @@ func (o *Options) AddFlags(fs *pflag.FlagSet) {
 	fs.BoolVar(&o.WebhookEnableHTTP2, "webhook-enable-http2", o.WebhookEnableHTTP2, "Offer HTTP/2 on the webhook server (off by default: CVE-2023-44487).")
 	fs.StringVar(&o.SelfUsername, "self-username", o.SelfUsername, "nodecsr's own username, always allowed by the approval guard (default system:serviceaccount:$POD_NAMESPACE:$SERVICE_ACCOUNT_NAME, else asked from the API server with a SelfSubjectReview).")
 	fs.DurationVar(&o.CertificateExpiryHorizon, "certificate-expiry-horizon", o.CertificateExpiryHorizon, "Nodes whose newest kubelet client certificate expires within this are counted in nodecsr_node_certificates_expiring.")
+	fs.BoolVar(&o.Inventory, "inventory", o.Inventory, "Keep the NodeCertificate inventory (kubectl get nodecertificates) and rebuild the expiry metrics from it; needs the nodecertificates.nodecsr.io CRD.")
+	fs.DurationVar(&o.InventoryInterval, "inventory-interval", o.InventoryInterval, "Least time between two writes of one node's NodeCertificate: a renewal storm costs at most one write per node per interval.")
+	fs.DurationVar(&o.InventoryUnregisteredGrace, "inventory-unregistered-grace", o.InventoryUnregisteredGrace, "How long a NodeCertificate whose name never registered a Node is kept after its newest certificate was seen.")
 	fs.StringVar(&o.LogFormat, "log-format", o.LogFormat, "Log format: json or text.")
 	fs.StringVar(&o.LogLevel, "log-level", o.LogLevel, "Log level: debug, info, error, or a verbosity number.")
 }
@@ -162,6 +181,14 @@ func (o *Options) Validate() error {
 	}
 	if o.CertificateExpiryHorizon <= 0 {
 		errs = append(errs, fmt.Errorf("--certificate-expiry-horizon must be > 0, got %s", o.CertificateExpiryHorizon))
+	}
+	if o.Inventory {
+		if o.InventoryInterval < 100*time.Millisecond {
+			errs = append(errs, fmt.Errorf("--inventory-interval must be >= 100ms, got %s", o.InventoryInterval))
+		}
+		if o.InventoryUnregisteredGrace < time.Second {
+			errs = append(errs, fmt.Errorf("--inventory-unregistered-grace must be >= 1s, got %s", o.InventoryUnregisteredGrace))
+		}
 	}
 	if o.EventsNamespace == "" {
 		errs = append(errs, errors.New("--events-namespace must not be empty"))

@@ -36,6 +36,7 @@ import (
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 	ctrlwebhook "sigs.k8s.io/controller-runtime/pkg/webhook"
 
+	nodecsrv1alpha1 "github.com/nodecsr/nodecsr/api/v1alpha1"
 	"github.com/nodecsr/nodecsr/approver"
 	"github.com/nodecsr/nodecsr/config"
 	"github.com/nodecsr/nodecsr/internal/version"
@@ -147,6 +148,9 @@ func RunWithConfig(ctx context.Context, o *Options, cfg *rest.Config) error {
 	log := ctrl.Log.WithName("nodecsr")
 	scheme := runtime.NewScheme()
 	if err := clientgoscheme.AddToScheme(scheme); err != nil {
+		return err
+	}
+	if err := nodecsrv1alpha1.AddToScheme(scheme); err != nil {
 		return err
 	}
 	m := newPolicyMetrics(ctrlmetrics.Registry)
@@ -267,6 +271,11 @@ func RunWithConfig(ctx context.Context, o *Options, cfg *rest.Config) error {
 	}
 	if err := r.SetupWithManager(ctx, mgr, o.MaxConcurrentReconciles); err != nil {
 		return err
+	}
+	if o.Inventory {
+		if err := setupInventory(ctx, o, mgr, events, r.Expiry); err != nil {
+			return err
+		}
 	}
 	// Every replica caches Nodes (the webhook reads them); start it now
 	// rather than on the first lookup.

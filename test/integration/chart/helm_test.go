@@ -3,6 +3,7 @@ package chart_test
 import (
 	"context"
 	"fmt"
+	"maps"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -107,6 +108,21 @@ func install(t *testing.T, releaseName, namespace string, vals map[string]any, w
 	}
 	ctx, cancel := testutil.Context(t)
 	defer cancel()
+	// The releases of the package share the cluster's NodeCertificate CRD,
+	// which TestMain installs: a CRD can belong to one release only.
+	crds, _ := vals["crds"].(map[string]any)
+	if _, set := crds["enabled"]; !set {
+		crds = maps.Clone(crds)
+		if crds == nil {
+			crds = map[string]any{}
+		}
+		crds["enabled"] = false
+		vals = maps.Clone(vals)
+		if vals == nil {
+			vals = map[string]any{}
+		}
+		vals["crds"] = crds
+	}
 	rel, uninstall, err := env.HelmInstall(ctx, tc.AdminKubeconfig(), loadChart(t), releaseName, namespace, vals, warn)
 	if err != nil {
 		t.Fatal(err)

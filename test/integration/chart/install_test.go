@@ -16,9 +16,11 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	eventsv1 "k8s.io/api/events/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
+	nodecsrv1alpha1 "github.com/nodecsr/nodecsr/api/v1alpha1"
 	"github.com/nodecsr/nodecsr/cmd/nodecsr-controller/app"
 	"github.com/nodecsr/nodecsr/internal/csrtest"
 	"github.com/nodecsr/nodecsr/internal/testutil"
@@ -220,6 +222,19 @@ func TestChartRBACIsEnoughAndNoMore(t *testing.T) {
 		return err == nil && len(got.Status.Certificate) > 0, err
 	}); err != nil {
 		t.Errorf("the approved CSR was not signed: %v", err)
+	}
+	// The inventory records the certificate (create and status writes as
+	// the ServiceAccount).
+	if err := waitUntil(ctx, func(ctx context.Context) (bool, error) {
+		nc := &unstructured.Unstructured{}
+		nc.SetGroupVersionKind(nodecsrv1alpha1.SchemeGroupVersion.WithKind(nodecsrv1alpha1.NodeCertificateKind))
+		if err := kclient.Get(ctx, client.ObjectKey{Name: node}, nc); err != nil {
+			return false, client.IgnoreNotFound(err)
+		}
+		serial, _, _ := unstructured.NestedString(nc.Object, "status", "client", "serialNumber")
+		return serial != "", nil
+	}); err != nil {
+		t.Errorf("no NodeCertificate %s with its client certificate: %v", node, err)
 	}
 	t.Logf("%s approved (%s) and signed by kube-controller-manager", good.Name, condition(approved, certificatesv1.CertificateApproved).Reason)
 	denied := waitDecided(ctx, t, bad.Name)

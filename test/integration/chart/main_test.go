@@ -68,6 +68,11 @@ func TestMain(m *testing.M) {
 		if err := env.InstallCertManagerCRDs(ctx, kclient); err != nil {
 			return err
 		}
+		// The inventory's, which every release of the package shares
+		// (install sets crds.enabled=false).
+		if err := cluster.InstallInventoryCRD(ctx, tc.AdminConfig()); err != nil {
+			return err
+		}
 		return tc.ApplyKubeadmRBAC(ctx)
 	}}))
 }

@@ -39,6 +39,14 @@ var wantClusterRules = []rbacv1.PolicyRule{
 	{APIGroups: []string{"certificates.k8s.io"}, Resources: []string{"signers"}, ResourceNames: []string{kubeletSigner}, Verbs: []string{"approve"}},
 	{APIGroups: []string{"authorization.k8s.io"}, Resources: []string{"subjectaccessreviews"}, Verbs: []string{"create"}},
 	{APIGroups: []string{""}, Resources: []string{"nodes"}, Verbs: []string{"list", "watch"}},
+	wantInventoryRules[0], wantInventoryRules[1],
+}
+
+// wantInventoryRules: the NodeCertificate inventory (inventory.enabled),
+// its status only through the status subresource.
+var wantInventoryRules = []rbacv1.PolicyRule{
+	{APIGroups: []string{"nodecsr.io"}, Resources: []string{"nodecertificates"}, Verbs: []string{"get", "list", "watch", "create", "update", "delete"}},
+	{APIGroups: []string{"nodecsr.io"}, Resources: []string{"nodecertificates/status"}, Verbs: []string{"update"}},
 }
 
 // wantOwnNamespaceRules: leader election and Events about its own Pod.
@@ -89,6 +97,7 @@ func TestRenderDefaults(t *testing.T) {
 		"Issuer/" + ns + "/" + fullname + "-ca",
 		"Certificate/" + ns + "/" + fullname + "-serving",
 		"FlowSchema/" + fullname,
+		"CustomResourceDefinition/" + inventoryCRD,
 	}
 	assertSameSet(t, "objects", kinds(r.objs), want)
 	assertSameSet(t, "hooks", kinds(r.hooks), []string{
@@ -222,6 +231,7 @@ func TestRenderNonDefaultValues(t *testing.T) {
 		"PrometheusRule/" + ns + "/" + fullname,
 		"NetworkPolicy/" + ns + "/" + fullname,
 		"FlowSchema/" + fullname,
+		"CustomResourceDefinition/" + inventoryCRD,
 	}
 	assertSameSet(t, "objects", kinds(r.objs), want)
 	assertSameSet(t, "hooks (tests.enabled=false: the webhooks' pre-delete copies only)", kinds(r.hooks),
@@ -506,6 +516,11 @@ func assertCommonLabels(t *testing.T, objs []*unstructured.Unstructured, release
 	t.Helper()
 	for _, o := range objs {
 		l := o.GetLabels()
+		if o.GetKind() == "CustomResourceDefinition" {
+			// Kept after uninstall (crds.keep), it is no release's
+			// object: no instance label (TestRenderInventory).
+			continue
+		}
 		if l["app.kubernetes.io/instance"] != release || l["app.kubernetes.io/name"] != "nodecsr" || l["helm.sh/chart"] != "nodecsr-0.1.0" || l["app.kubernetes.io/managed-by"] != "Helm" {
 			t.Errorf("%s lacks the chart's labels: %v", describe(o), l)
 		}
@@ -683,7 +698,8 @@ func assertRBAC(t *testing.T, objs []*unstructured.Unstructured, fullname, ns, e
 			t.Errorf("Role %s/%s rules:\n%s\nwant exactly:\n%s", r.Namespace, r.Name, toYAML(r.Rules), toYAML(want))
 		}
 	}
-	// No wildcard, no Secrets, no delete anywhere.
+	// No wildcard, no Secrets, no delete anywhere but nodecsr's own
+	// NodeCertificates (a name that never registered a Node).
 	all := slices.Clone(cr.Rules)
 	for _, r := range roles {
 		all = append(all, r.Rules...)
@@ -694,7 +710,8 @@ func assertRBAC(t *testing.T, objs []*unstructured.Unstructured, fullname, ns, e
 				t.Errorf("wildcard in rule %+v", rule)
 			}
 		}
-		if slices.Contains(rule.Resources, "secrets") || slices.Contains(rule.Verbs, "delete") || slices.Contains(rule.Verbs, "deletecollection") {
+		ownInventory := slices.Equal(rule.APIGroups, []string{"nodecsr.io"}) && slices.Equal(rule.Resources, []string{"nodecertificates"})
+		if slices.Contains(rule.Resources, "secrets") || slices.Contains(rule.Verbs, "delete") && !ownInventory || slices.Contains(rule.Verbs, "deletecollection") {
 			t.Errorf("rule %+v grants Secrets or deletes", rule)
 		}
 	}

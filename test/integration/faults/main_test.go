@@ -112,6 +112,10 @@ func run(m *testing.M) int {
 		if err := c.ApplyKubeadmRBAC(ctx); err != nil {
 			return err
 		}
+		// nodecsr-controller's inventory (on by default) needs its CRD.
+		if err := cluster.InstallInventoryCRD(ctx, c.AdminConfig()); err != nil {
+			return err
+		}
 		binding := &rbacv1.ClusterRoleBinding{
 			ObjectMeta: metav1.ObjectMeta{Name: csrCreators},
 			RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: "system:node-bootstrapper"},
