@@ -498,9 +498,9 @@ func newerThan(a, b *certificatesv1.CertificateSigningRequest) bool {
 // PendingAround looks through others for CSRs for the same node name from the
 // same requester, for the same signer, as csr (a node's client and serving
 // CSRs never supersede each other). newer: one that is newer and pending, or approved
-// and created in a later second, supersedes csr (once the newest of a burst
-// is approved, an older duplicate decided later must not be approved as
-// well). older: how many older ones are still pending.
+// and newer (supersededByApproved), supersedes csr (once the newest of a
+// burst is approved, an older duplicate decided later must not be approved
+// as well). older: how many older ones are still pending.
 func PendingAround(csr *certificatesv1.CertificateSigningRequest, node string, others []certificatesv1.CertificateSigningRequest) (newer bool, older int) {
 	for i := range others {
 		other := &others[i]
@@ -515,17 +515,44 @@ func PendingAround(csr *certificatesv1.CertificateSigningRequest, node string, o
 			continue
 		}
 		switch {
-		// An approved CSR supersedes only one it is strictly newer than:
-		// within one second (the timestamps' resolution) the order is
-		// unknown, and a kubelet that files again right after its last
-		// certificate was issued must not lose to it by name.
-		case pending && newerThan(other, csr), !pending && csr.CreationTimestamp.Before(&other.CreationTimestamp):
+		case pending && newerThan(other, csr), !pending && supersededByApproved(csr, other):
 			newer = true
 		case pending && !newerThan(other, csr):
 			older++
 		}
 	}
 	return newer, older
+}
+
+// supersededByApproved reports whether the approved CSR other supersedes
+// the pending csr. It does when it was created in a later second. Within one
+// second (the timestamps' resolution) it does only when csr was already
+// pending when other was approved (created in an earlier second than the
+// approval): both belong to one burst, and the name breaks the tie as among
+// pending duplicates, so the burst keeps exactly one approval whatever order
+// the workers decide it in. A kubelet that files again right after its last
+// certificate was issued (in the approval's second or later) never loses to
+// that CSR by name.
+func supersededByApproved(csr, other *certificatesv1.CertificateSigningRequest) bool {
+	if csr.CreationTimestamp.Before(&other.CreationTimestamp) {
+		return true
+	}
+	if !csr.CreationTimestamp.Equal(&other.CreationTimestamp) || !newerThan(other, csr) {
+		return false
+	}
+	approvedAt := approvalTime(other)
+	return !approvedAt.IsZero() && csr.CreationTimestamp.Before(&approvedAt)
+}
+
+// approvalTime is when a CSR's Approved condition was written (zero when
+// unknown).
+func approvalTime(csr *certificatesv1.CertificateSigningRequest) metav1.Time {
+	for _, c := range csr.Status.Conditions {
+		if c.Type == certificatesv1.CertificateApproved {
+			return c.LastUpdateTime
+		}
+	}
+	return metav1.Time{}
 }
 
 // isApproved reports whether a CSR was approved and neither denied nor failed.
