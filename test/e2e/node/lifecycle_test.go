@@ -1273,6 +1273,9 @@ type releaseObject struct {
 	gvr            schema.GroupVersionResource
 	kind, ns, name string
 	namespaced     bool
+	// kept: annotated helm.sh/resource-policy=keep (the inventory's CRD
+	// with crds.keep), so helm uninstall leaves it on purpose.
+	kept bool
 }
 
 func (o releaseObject) String() string {
@@ -1299,7 +1302,8 @@ func manifestObjects(t *testing.T, mapper meta.RESTMapper, manifest string) []re
 		if err != nil {
 			t.Fatalf("%s: %v", gvk, err)
 		}
-		o := releaseObject{gvr: m.Resource, kind: gvk.Kind, name: u.GetName(), namespaced: m.Scope.Name() == meta.RESTScopeNameNamespace}
+		o := releaseObject{gvr: m.Resource, kind: gvk.Kind, name: u.GetName(), namespaced: m.Scope.Name() == meta.RESTScopeNameNamespace,
+			kept: u.GetAnnotations()["helm.sh/resource-policy"] == "keep"}
 		if o.namespaced {
 			o.ns = cmpOr(u.GetNamespace(), namespace)
 		}
@@ -1411,12 +1415,19 @@ func uninstallAndCheck(ctx context.Context, t *testing.T, c *cluster.Cluster, ad
 		t.Fatal(err)
 	}
 	mapper := restmapper.NewDiscoveryRESTMapper(groups)
-	objs := manifestObjects(t, mapper, manifest)
+	// What Helm keeps on purpose (resource-policy keep) must stay; every
+	// other object of the release must go.
+	var objs, kept []releaseObject
 	var names []string
-	for _, o := range objs {
+	for _, o := range manifestObjects(t, mapper, manifest) {
 		names = append(names, o.String())
+		if o.kept {
+			kept = append(kept, o)
+			continue
+		}
+		objs = append(objs, o)
 	}
-	t.Logf("the release has %d objects: %s", len(objs), strings.Join(names, ", "))
+	t.Logf("the release has %d objects, %d of them kept on uninstall: %s", len(names), len(kept), strings.Join(names, ", "))
 
 	w := watchRelease(ctx, t, dyn, objs)
 	defer w.stop()
@@ -1454,6 +1465,18 @@ func uninstallAndCheck(ctx context.Context, t *testing.T, c *cluster.Cluster, ad
 	}
 	if len(still) > 0 {
 		t.Errorf("after helm uninstall returned, these objects of the release remain: %s", strings.Join(still, ", "))
+	}
+	for _, o := range kept {
+		ri := dyn.Resource(o.gvr)
+		var err error
+		if o.namespaced {
+			_, err = ri.Namespace(o.ns).Get(ctx, o.name, metav1.GetOptions{})
+		} else {
+			_, err = ri.Get(ctx, o.name, metav1.GetOptions{})
+		}
+		if err != nil {
+			t.Errorf("%s is annotated helm.sh/resource-policy=keep but is gone after helm uninstall: %v", o, err)
+		}
 	}
 
 	// The order of the deletions, as the API server made them.
