@@ -16,6 +16,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 
 	"github.com/nodecsr/nodecsr/cmd/nodecsr-controller/app"
 )
@@ -25,6 +26,9 @@ type approveResult struct {
 	N          int    `json:"n"`
 	IncumbentN int    `json:"incumbentN"`
 	Note       string `json:"note"`
+	// Identity is who nodecsr-controller and the bare loops ran as, and
+	// where API Priority and Fairness put their requests.
+	Identity apfClass `json:"identity"`
 	// BackgroundRequestsPerSecond is what the API server serves with no
 	// approver running (its own loopback clients, the bench's scrapes); it is
 	// subtracted from every contender's request count.
@@ -285,6 +289,32 @@ func (e *env) runApprove(ctx context.Context, o *options) (*approveResult, error
 		}
 	}()
 
+	// nodecsr-controller as the chart installs it: its ServiceAccount (a
+	// token, not system:masters, which API Priority and Fairness exempts),
+	// the chart's RBAC and FlowSchema (apf.enabled, the chart's default). The
+	// bare loops run as the same ServiceAccount, so that the ratios compare
+	// code, not identities: the same authentication, authorization and
+	// priority level for every request.
+	if err := e.waitAPFBootstrap(ctx); err != nil {
+		return nil, err
+	}
+	ch, err := loadChart()
+	if err != nil {
+		return nil, err
+	}
+	rel := &chartRelease{release: "nodecsr", namespace: "bench-nodecsr", apf: true}
+	undo, err := e.installChart(ctx, ch, rel)
+	if undo != nil {
+		defer undo()
+	}
+	if err != nil {
+		return nil, err
+	}
+	if res.Identity, err = e.waitClassified(ctx, rel.userName(), rel.config, rel.flowSchema(), apfWorkloadHigh); err != nil {
+		return nil, err
+	}
+	as := fmt.Sprintf("as %s (a ServiceAccount token; the chart's RBAC; FlowSchema %s → %s)", rel.userName(), res.Identity.FlowSchema, res.Identity.PriorityLevel)
+
 	bg, err := e.backgroundRate(ctx, 5*time.Second)
 	if err != nil {
 		return nil, err
@@ -293,7 +323,7 @@ func (e *env) runApprove(ctx context.Context, o *options) (*approveResult, error
 
 	incumbent := contender{
 		name:     "kube-controller-manager csrapproving",
-		settings: "kube-controller-manager " + clusterVersion() + " --controllers=csrapproving, default flags (--kube-api-qps=20 --kube-api-burst=30, 5 workers)",
+		settings: "kube-controller-manager " + clusterVersion() + " --controllers=csrapproving, default flags (--kube-api-qps=20 --kube-api-burst=30, 5 workers), as system:kube-controller-manager in system:masters (exempt from API Priority and Fairness; its own client limit binds long before APF could)",
 		start: func(ctx context.Context, group string) (running, error) {
 			m, err := e.c.StartExtraControllerManager(ctx, "kcm-csrapproving", []string{"csrapproving"}, nil)
 			if err != nil {
@@ -313,7 +343,9 @@ func (e *env) runApprove(ctx context.Context, o *options) (*approveResult, error
 		if len(args) > 0 {
 			settings = strings.Join(args, " ") + ", default policy"
 		}
+		settings += ", " + as
 		qps, burst := clientLimits(args)
+		args = append([]string{"--kubeconfig=" + rel.kubeconfig}, args...)
 		return contender{
 			name: name, settings: settings, qps: qps, burst: burst,
 			start: func(ctx context.Context, group string) (running, error) {
@@ -328,11 +360,11 @@ func (e *env) runApprove(ctx context.Context, o *options) (*approveResult, error
 	bare := func(pat pattern) contender {
 		c := contender{
 			name:     "bare loop",
-			settings: fmt.Sprintf("in the bench: one List, then %d workers doing UpdateApproval with no checks; no client rate limit; protobuf", o.bareWorkers),
+			settings: fmt.Sprintf("in the bench: one List, then %d workers doing UpdateApproval with no checks; no client rate limit; protobuf; %s", o.bareWorkers, as),
 		}
 		if pat != patternBare {
 			c.name = "bare loop: " + string(pat)
-			c.settings = fmt.Sprintf("in the bench: one List, then %d workers each doing %s per CSR with no checks; no client rate limit; protobuf", o.bareWorkers, pat.describe())
+			c.settings = fmt.Sprintf("in the bench: one List, then %d workers each doing %s per CSR with no checks; no client rate limit; protobuf; %s", o.bareWorkers, pat.describe(), as)
 		}
 		c.start = func(ctx context.Context, group string) (running, error) {
 			ctx, cancel := context.WithCancel(ctx)
@@ -342,7 +374,7 @@ func (e *env) runApprove(ctx context.Context, o *options) (*approveResult, error
 			)
 			finished := make(chan struct{})
 			go func() {
-				err := e.bareLoop(ctx, group, o.bareWorkers, pat)
+				err := e.bareLoop(ctx, rel.config, group, o.bareWorkers, pat)
 				mu.Lock()
 				loopErr = err
 				mu.Unlock()
@@ -610,13 +642,14 @@ func (p pattern) describe() string {
 	return "UpdateApproval"
 }
 
-// bareLoop approves every pending CSR of the group with no checks at all:
+// bareLoop approves every pending CSR of the group with no checks at all,
+// as the client configuration as says:
 // one List, then UpdateApproval from workers goroutines, with a
 // SubjectAccessReview before and an events.k8s.io Event after as the
 // pattern says, so that nodecsr's request pattern can be told apart from
 // nodecsr's own cost.
-func (e *env) bareLoop(ctx context.Context, group string, workers int, pat pattern) error {
-	cfg := e.c.AdminConfig()
+func (e *env) bareLoop(ctx context.Context, as *rest.Config, group string, workers int, pat pattern) error {
+	cfg := rest.CopyConfig(as)
 	cfg.QPS, cfg.Burst, cfg.UserAgent = -1, 0, "bench-bare-loop"
 	cfg.ContentType = runtime.ContentTypeProtobuf
 	client, err := kubernetes.NewForConfig(cfg)

@@ -190,7 +190,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}()
 
 	started := time.Now()
-	rep := &report{Command: "go run ./test/bench " + strings.Join(args, " "), Date: started.UTC().Format(time.RFC3339), Machine: describeMachine()}
+	rep := &report{Command: "go run ./test/bench " + strings.Join(args, " "), Date: started.UTC().Format(time.RFC3339), Machine: describeMachine(), LoadBefore: loadAverage()}
 	e, cl, err := setupEnv(ctx, logf)
 	if err != nil {
 		fmt.Fprintln(stderr, "Error:", err)
@@ -229,7 +229,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	if want("webhook") {
 		step("webhook", func() (err error) { rep.Webhook, err = e.runWebhook(ctx, o); return err })
 	}
-	apfPart(ctx, want, step, e, o, stdout)
+	apfPart(ctx, want, step, e, o, rep)
 	// Last: it leaves 100,000 objects behind, which go with the control plane.
 	if want("memory") {
 		step("memory", func() (err error) { rep.Memory, err = e.runMemory(ctx, o); return err })
@@ -243,6 +243,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return exitSignal
 	}
 	rep.WallSeconds = time.Since(started).Seconds()
+	rep.LoadAfter = loadAverage()
 	rep.Targets = checkTargets(rep)
 
 	if o.markdown != "" {

@@ -27,7 +27,11 @@ func renderMarkdown(r *report, o *options) string {
 		{"Kubernetes", r.Machine.Kubernetes},
 	}))
 	p("The machine is shared: the CPU columns below show what each process used (in cores) and what *others* (other people's builds and tests) used during each run. ")
-	p("A run where others used much of the machine is slower in absolute terms; compare ratios within one run.\n\n")
+	p("A run where others used much of the machine is slower in absolute terms; compare ratios within one run.")
+	if r.LoadBefore != "" {
+		p(" Load average (1, 5, 15 min) when this run started: %s; when it ended: %s.", r.LoadBefore, r.LoadAfter)
+	}
+	p("\n\n")
 
 	if len(r.Targets) > 0 {
 		p("## Targets\n\n%s\n", targetsTable(r.Targets, true))
@@ -41,6 +45,11 @@ func renderMarkdown(r *report, o *options) string {
 		p("and approves them, %d rounds each in alternating order (the figures are the means; N in the table counts all rounds), ", a.Rounds)
 		p("the time of each Approved condition taken from a watch. kube-controller-manager's csrapproving gets %d CSRs (`-incumbent-n`): its rate is steady-state bound by its client, so fewer CSRs measure the same rate in less time. ", a.IncumbentN)
 		p("csrsigning is stopped during these runs. API requests are counted from kube-apiserver's `apiserver_request_total` (background of %.1f/s subtracted).\n\n", a.BackgroundRequestsPerSecond)
+		if a.Identity.Who != "" {
+			p("**Identities.** nodecsr-controller runs as the chart installs it: as `%s`, authenticated by a token of that ServiceAccount, with the chart's RBAC, its requests in FlowSchema `%s` at priority level `%s` (the chart's FlowSchema, `apf.enabled: true` by default), not as `system:masters`, which API Priority and Fairness exempts. ", a.Identity.Who, a.Identity.FlowSchema, a.Identity.PriorityLevel)
+			p("The bare loops run as the same ServiceAccount with the same token, so that the ratios between nodecsr and them compare code, not identities (the same authentication, authorization and priority level for every request). ")
+			p("kube-controller-manager's csrapproving runs as `system:kube-controller-manager` in `system:masters` (exempt); its own client limit of 20 QPS binds long before APF could.\n\n")
+		}
 		p("%s\n", approveTable(a, true))
 		p("Settings:\n\n")
 		for _, c := range approveContenders(a) {
@@ -80,6 +89,12 @@ func renderMarkdown(r *report, o *options) string {
 			p("%s\n### What limits it\n\n%s\n", webhookTable(w, true), webhookAnalysis(w))
 		}
 	}
+	if a := r.APF; a != nil {
+		p("## API Priority and Fairness\n\n")
+		p("nodecsr-controller (defaults) installed by the chart twice, with its FlowSchema (`apf.enabled=true`: nodecsr's requests at workload-high, kube-controller-manager's level) and without it (`apf.enabled=false`: nodecsr in the service-accounts FlowSchema at workload-low), once with no other load and then beside a noisy tenant that holds every workload-low seat. ")
+		p("Each run approves %d pending kubelet client CSRs as in the approval part.\n\n", a.N)
+		p("%s\n", apfTable(a, true))
+	}
 	if m := r.Memory; m != nil {
 		p("## Memory\n\n")
 		p("nodecsr-controller with a policy that leaves the bench's CSRs pending (so they stay in its cache):\n\n```yaml\n%s```\n\n", m.Policy)
@@ -97,7 +112,7 @@ func renderMarkdown(r *report, o *options) string {
 	p("## Reproduce\n\n```sh\n")
 	p("make assets                      # etcd, kube-apiserver, kube-controller-manager %s from source (once)\n", r.Machine.Kubernetes)
 	p("make bench                       # = go run ./test/bench all -markdown BENCHMARKS.md\n")
-	p("go run ./test/bench approve -n 1000 -o json   # one part; every part: approve, storm, memory, webhook, requester\n")
+	p("go run ./test/bench approve -n 1000 -o json   # one part; every part: approve, storm, memory, webhook, requester, apf\n")
 	p("go run ./test/bench approve -variant 'qps2k=--kube-api-qps=2000 --kube-api-burst=4000'   # nodecsr with other flags\n")
 	p("go run ./test/bench memory -foreign-n 10000 -memory-env 'GOGC=50'   # smaller, and another Go runtime setting\n")
 	p("NODECSR_BENCH_PROFILE=/tmp/prof go test ./test/bench -run TestProfile -v -timeout 20m   # CPU and heap profiles of nodecsr in-process\n")

@@ -26,6 +26,9 @@ func renderText(r *report) string {
 			b.WriteString(webhookAnalysis(w) + "\n")
 		}
 	}
+	if a := r.APF; a != nil {
+		b.WriteString(apfTable(a, false) + "\n")
+	}
 	if m := r.Memory; m != nil {
 		b.WriteString(memoryTable(m, false) + "\n" + memoryAnalysis(m) + "\n")
 	}
@@ -36,7 +39,7 @@ func renderText(r *report) string {
 	for _, e := range r.Errors {
 		fmt.Fprintf(&b, "ERROR: %s\n", e)
 	}
-	fmt.Fprintf(&b, "wall time: %.0f s\n", r.WallSeconds)
+	fmt.Fprintf(&b, "wall time: %.0f s; load average before: %s, after: %s\n", r.WallSeconds, r.LoadBefore, r.LoadAfter)
 	return b.String()
 }
 
