@@ -143,6 +143,7 @@ func Run(ctx context.Context, o *Options) error {
 // it to run nodecsr-controller in-process.
 func RunWithConfig(ctx context.Context, o *Options, cfg *rest.Config) error {
 	log := ctrl.Log.WithName("nodecsr")
+	startGCTuner(log)
 	scheme := runtime.NewScheme()
 	if err := clientgoscheme.AddToScheme(scheme); err != nil {
 		return err
