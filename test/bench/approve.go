@@ -222,10 +222,12 @@ func combineRounds(rs []contenderResult) contenderResult {
 	return out
 }
 
-// variant is an extra nodecsr-controller run with other flags.
+// variant is an extra nodecsr-controller run with other flags and
+// environment variables (the Go runtime's GOGC, GOMAXPROCS, ...).
 type variant struct {
 	name string
 	args []string
+	env  []string
 }
 
 // defaultVariants show what limits nodecsr's throughput: more workers, a
@@ -246,12 +248,26 @@ func defaultVariantsHelp() string {
 	return strings.Join(parts, "; ")
 }
 
+// parseVariant reads NAME=FLAGS: FLAGS are nodecsr-controller's flags
+// (--...) and environment variables (NAME=value) for it, space-separated.
 func parseVariant(s string) (variant, error) {
-	name, args, ok := strings.Cut(s, "=")
-	if !ok || name == "" || strings.TrimSpace(args) == "" {
-		return variant{}, fmt.Errorf("-variant must be NAME=FLAGS (e.g. 'qps2000=--kube-api-qps=2000 --kube-api-burst=4000'), got %q", s)
+	name, rest, ok := strings.Cut(s, "=")
+	if !ok || name == "" || strings.TrimSpace(rest) == "" {
+		return variant{}, fmt.Errorf("-variant must be NAME=FLAGS (e.g. 'qps2000=--kube-api-qps=2000 --kube-api-burst=4000' or 'gogc200=GOGC=200'), got %q", s)
 	}
-	return variant{name: name, args: strings.Fields(args)}, nil
+	v := variant{name: name}
+	for _, f := range strings.Fields(rest) {
+		k, _, isEnv := strings.Cut(f, "=")
+		switch {
+		case strings.HasPrefix(f, "-"):
+			v.args = append(v.args, f)
+		case isEnv && k != "":
+			v.env = append(v.env, f)
+		default:
+			return variant{}, fmt.Errorf("-variant %s: %q is neither a flag (--name=value) nor an environment variable (NAME=value)", name, f)
+		}
+	}
+	return v, nil
 }
 
 // contender is an approver under test.
@@ -337,11 +353,11 @@ func (e *env) runApprove(ctx context.Context, o *options) (*approveResult, error
 			}}, nil
 		},
 	}
-	nodecsr := func(name string, args []string) contender {
+	nodecsr := func(name string, args, environ []string) contender {
 		settings := fmt.Sprintf("defaults (--max-concurrent-reconciles=%d --kube-api-qps=%g --kube-api-burst=%d), default policy",
 			defaults.MaxConcurrentReconciles, defaults.KubeAPIQPS, defaults.KubeAPIBurst)
-		if len(args) > 0 {
-			settings = strings.Join(args, " ") + ", default policy"
+		if len(args) > 0 || len(environ) > 0 {
+			settings = strings.Join(append(slices.Clone(environ), args...), " ") + ", default policy"
 		}
 		settings += ", " + as
 		qps, burst := clientLimits(args)
@@ -349,7 +365,7 @@ func (e *env) runApprove(ctx context.Context, o *options) (*approveResult, error
 		return contender{
 			name: name, settings: settings, qps: qps, burst: burst,
 			start: func(ctx context.Context, group string) (running, error) {
-				c, err := e.startController("nodecsr-"+group, args...)
+				c, err := e.startControllerEnv("nodecsr-"+group, environ, args...)
 				if err != nil {
 					return running{}, err
 				}
@@ -412,14 +428,14 @@ func (e *env) runApprove(ctx context.Context, o *options) (*approveResult, error
 		rounds []contenderResult
 	}
 	entries := []*entry{
-		{c: nodecsr("nodecsr-controller", nil), group: "approve-nodecsr"},
+		{c: nodecsr("nodecsr-controller", nil, nil), group: "approve-nodecsr"},
 		{c: bare(patternBare), group: "approve-bare"},
 	}
 	for i, pat := range o.patterns {
 		entries = append(entries, &entry{c: bare(pat), group: fmt.Sprintf("approve-pattern%d", i)})
 	}
 	for _, v := range o.variants {
-		entries = append(entries, &entry{c: nodecsr("nodecsr-controller ("+v.name+")", v.args), group: "approve-variant-" + strings.NewReplacer("=", "", ",", "-").Replace(v.name)})
+		entries = append(entries, &entry{c: nodecsr("nodecsr-controller ("+v.name+")", v.args, v.env), group: "approve-variant-" + strings.NewReplacer("=", "", ",", "-").Replace(v.name)})
 	}
 	for round := range o.rounds {
 		order := slices.Clone(entries)

@@ -88,7 +88,7 @@ func newFlags(o *options, stderr io.Writer) *flag.FlagSet {
 	fs.IntVar(&o.rounds, "rounds", 2, "approve: rounds of N CSRs for every contender but the incumbent, in alternating order (figures are means)")
 	fs.IntVar(&o.bareWorkers, "bare-workers", defaults.MaxConcurrentReconciles, "approve: concurrency of the bare loop (nodecsr's default --max-concurrent-reconciles)")
 	fs.StringVar(&o.patternsFlag, "patterns", defaultPatterns, "approve: also run the bare loop with these request patterns per CSR, comma-separated ("+patternsHelpValidValues+"; none: no such runs)")
-	fs.Func("variant", "approve: also run nodecsr-controller with other flags, as NAME=FLAGS (repeatable; none: no variants), e.g. 'qps2000=--kube-api-qps=2000 --kube-api-burst=4000' (default: "+defaultVariantsHelp()+")", func(s string) error {
+	fs.Func("variant", "approve: also run nodecsr-controller with other flags or environment variables, as NAME=FLAGS (repeatable; none: no variants), e.g. 'qps2000=--kube-api-qps=2000 --kube-api-burst=4000' (default: "+defaultVariantsHelp()+")", func(s string) error {
 		if s == "none" {
 			o.noVariants = true
 			return nil
