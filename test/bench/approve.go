@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
@@ -13,8 +14,10 @@ import (
 	certificatesv1 "k8s.io/api/certificates/v1"
 	corev1 "k8s.io/api/core/v1"
 	eventsv1 "k8s.io/api/events/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 
@@ -330,6 +333,14 @@ func (e *env) runApprove(ctx context.Context, o *options) (*approveResult, error
 		return nil, err
 	}
 	as := fmt.Sprintf("as %s (a ServiceAccount token; the chart's RBAC; FlowSchema %s → %s)", rel.userName(), res.Identity.FlowSchema, res.Identity.PriorityLevel)
+	if slices.Contains(o.patterns, patternPatchAsyncEvent) {
+		// The chart grants update on the approval subresource, not patch.
+		undo, err := e.grantApprovalPatch(ctx, rel)
+		defer undo()
+		if err != nil {
+			return nil, err
+		}
+	}
 
 	bg, err := e.backgroundRate(ctx, 5*time.Second)
 	if err != nil {
@@ -463,6 +474,44 @@ func (e *env) runApprove(ctx context.Context, o *options) (*approveResult, error
 	res.NodecsrVsIncumbentFromStart = ratio(res.Nodecsr.RateFromStartPerSecond, res.Incumbent.RateFromStartPerSecond)
 	res.NodecsrVsBareFromStart = ratio(res.Nodecsr.RateFromStartPerSecond, res.Bare.RateFromStartPerSecond)
 	return res, nil
+}
+
+// grantApprovalPatch lets the release's ServiceAccount patch the approval
+// subresource (for the sar+approval-patch+async-event pattern only; the
+// chart grants update). undo removes the grant.
+func (e *env) grantApprovalPatch(ctx context.Context, rel *chartRelease) (undo func(), err error) {
+	const name = "bench-approval-patch"
+	rbac := e.admin.RbacV1()
+	undo = func() {
+		bg := context.WithoutCancel(ctx)
+		_ = rbac.ClusterRoleBindings().Delete(bg, name, metav1.DeleteOptions{})
+		_ = rbac.ClusterRoles().Delete(bg, name, metav1.DeleteOptions{})
+	}
+	role := &rbacv1.ClusterRole{
+		ObjectMeta: metav1.ObjectMeta{Name: name},
+		Rules:      []rbacv1.PolicyRule{{APIGroups: []string{certificatesv1.GroupName}, Resources: []string{"certificatesigningrequests/approval"}, Verbs: []string{"patch"}}},
+	}
+	if _, err := rbac.ClusterRoles().Create(ctx, role, metav1.CreateOptions{}); err != nil {
+		return undo, err
+	}
+	binding := &rbacv1.ClusterRoleBinding{
+		ObjectMeta: metav1.ObjectMeta{Name: name},
+		RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: name},
+		Subjects:   []rbacv1.Subject{{Kind: rbacv1.ServiceAccountKind, Name: rel.serviceAccount(), Namespace: rel.namespace}},
+	}
+	if _, err := rbac.ClusterRoleBindings().Create(ctx, binding, metav1.CreateOptions{}); err != nil {
+		return undo, err
+	}
+	// RBAC is read from the API server's informer: wait until it allows it.
+	err = pollUntil(ctx, time.Minute, func() (bool, error) {
+		sar := &authorizationv1.SubjectAccessReview{Spec: authorizationv1.SubjectAccessReviewSpec{
+			User: rel.userName(), Groups: saIdentity(rel.namespace, rel.serviceAccount()).Groups,
+			ResourceAttributes: &authorizationv1.ResourceAttributes{Group: certificatesv1.GroupName, Resource: "certificatesigningrequests", Subresource: "approval", Verb: "patch"},
+		}}
+		got, err := e.admin.AuthorizationV1().SubjectAccessReviews().Create(ctx, sar, metav1.CreateOptions{})
+		return err == nil && got.Status.Allowed, err
+	})
+	return undo, err
 }
 
 // backgroundRate is the API server's request rate with nothing but the
@@ -624,10 +673,11 @@ const (
 	patternNodecsr          pattern = "sar+approval+event"
 	patternAsyncEvent       pattern = "sar+approval+async-event"
 	patternNoEvent          pattern = "sar+approval"
+	patternPatchAsyncEvent  pattern = "sar+approval-patch+async-event"
 	defaultPatterns                 = "sar+approval+event,sar+approval+async-event,sar+approval"
 	asyncEventWriters               = 16
 	asyncEventQueue                 = 1024
-	patternsHelpValidValues         = "sar+approval+event, sar+approval+async-event, sar+approval"
+	patternsHelpValidValues         = "sar+approval+event, sar+approval+async-event, sar+approval, sar+approval-patch+async-event"
 )
 
 func parsePatterns(s string) ([]pattern, error) {
@@ -637,7 +687,7 @@ func parsePatterns(s string) ([]pattern, error) {
 	var out []pattern
 	for _, p := range strings.Split(s, ",") {
 		switch pt := pattern(strings.TrimSpace(p)); pt {
-		case patternNodecsr, patternAsyncEvent, patternNoEvent:
+		case patternNodecsr, patternAsyncEvent, patternNoEvent, patternPatchAsyncEvent:
 			out = append(out, pt)
 		default:
 			return nil, fmt.Errorf("-patterns: unknown pattern %q (valid: %s)", p, patternsHelpValidValues)
@@ -654,6 +704,8 @@ func (p pattern) describe() string {
 		return fmt.Sprintf("a SubjectAccessReview and UpdateApproval, the Event handed to %d separate Event writers (nodecsr's pattern)", asyncEventWriters)
 	case patternNoEvent:
 		return "a SubjectAccessReview and UpdateApproval, no Event"
+	case patternPatchAsyncEvent:
+		return fmt.Sprintf("a SubjectAccessReview and a JSON merge patch of the approval subresource (the condition and the resourceVersion only, instead of the whole CSR), the Event handed to %d separate Event writers", asyncEventWriters)
 	}
 	return "UpdateApproval"
 }
@@ -699,7 +751,8 @@ func (e *env) bareLoop(ctx context.Context, as *rest.Config, group string, worke
 		eventErr error
 		eventMu  sync.Mutex
 	)
-	if pat == patternAsyncEvent {
+	async := pat == patternAsyncEvent || pat == patternPatchAsyncEvent
+	if async {
 		events = make(chan *certificatesv1.CertificateSigningRequest, asyncEventQueue)
 		for range asyncEventWriters {
 			eventsWG.Go(func() {
@@ -734,14 +787,31 @@ func (e *env) bareLoop(ctx context.Context, as *rest.Config, group string, worke
 			Type: certificatesv1.CertificateApproved, Status: corev1.ConditionTrue,
 			Reason: "BenchApproved", Message: "approved by the bench's bare loop", LastUpdateTime: metav1.Now(),
 		})
-		updated, err := csrs.UpdateApproval(ctx, csr.Name, csr, metav1.UpdateOptions{})
-		if err != nil {
+		var (
+			updated *certificatesv1.CertificateSigningRequest
+			err     error
+		)
+		if pat == patternPatchAsyncEvent {
+			// As guarded as the update: the patch names the resourceVersion.
+			var patch []byte
+			patch, err = json.Marshal(map[string]any{
+				"metadata": map[string]any{"resourceVersion": csr.ResourceVersion},
+				"status":   map[string]any{"conditions": csr.Status.Conditions},
+			})
+			if err != nil {
+				return err
+			}
+			updated, err = csrs.Patch(ctx, csr.Name, types.MergePatchType, patch, metav1.PatchOptions{}, "approval")
+			if err != nil {
+				return fmt.Errorf("bare loop: %w", err)
+			}
+		} else if updated, err = csrs.UpdateApproval(ctx, csr.Name, csr, metav1.UpdateOptions{}); err != nil {
 			return fmt.Errorf("bare loop: %w", err)
 		}
 		switch pat {
 		case patternNodecsr:
 			return writeEvent(updated)
-		case patternAsyncEvent:
+		case patternAsyncEvent, patternPatchAsyncEvent:
 			select {
 			case events <- updated:
 			case <-ctx.Done():
