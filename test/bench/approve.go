@@ -91,9 +91,12 @@ type contenderResult struct {
 	// ReconcileMeanMillis is nodecsr's mean reconcile time (controller_runtime_reconcile_time_seconds).
 	ReconcileMeanMillis float64 `json:"reconcileMeanMillis,omitempty"`
 	// QueueWaitMeanMillis is nodecsr's mean time in the work queue (workqueue_queue_duration_seconds).
-	QueueWaitMeanMillis float64  `json:"queueWaitMeanMillis,omitempty"`
-	CPU                 cpuUse   `json:"cpu"`
-	Memory              *memInfo `json:"memory,omitempty"`
+	QueueWaitMeanMillis float64 `json:"queueWaitMeanMillis,omitempty"`
+	// GCCycles is the Go garbage collections nodecsr-controller made from its
+	// start to the last decision (go_gc_duration_seconds_count).
+	GCCycles float64  `json:"gcCycles,omitempty"`
+	CPU      cpuUse   `json:"cpu"`
+	Memory   *memInfo `json:"memory,omitempty"`
 	// ClientQPS and ClientBurst are nodecsr-controller's client rate limit
 	// (controller-runtime applies it per resource type; each decision takes
 	// one token of each of its three types).
@@ -177,6 +180,7 @@ func combineRounds(rs []contenderResult) contenderResult {
 		out.ClientRequestsPerDecision += r.ClientRequestsPerDecision / k
 		out.ReconcileMeanMillis += r.ReconcileMeanMillis / k
 		out.QueueWaitMeanMillis += r.QueueWaitMeanMillis / k
+		out.GCCycles += r.GCCycles / k
 		out.CPU.APIServer += r.CPU.APIServer / k
 		out.CPU.Etcd += r.CPU.Etcd / k
 		out.CPU.Contender += r.CPU.Contender / k
@@ -599,6 +603,7 @@ func (e *env) approvePhase(ctx context.Context, c contender, group string, n int
 			res.QueueWaitMeanMillis = 1000 * m.sum("workqueue_queue_duration_seconds_sum", "name", "nodecsr-approver") / v
 		}
 		res.ClientRequestsPerDecision = m.sum("rest_client_requests_total") / float64(n)
+		res.GCCycles = m.sum("go_gc_duration_seconds_count")
 	}
 	if r.pid > 0 {
 		mem, err := readMem(r.pid)

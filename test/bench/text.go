@@ -102,7 +102,7 @@ func approveTable(a *approveResult, md bool) string {
 		for _, c := range all {
 			out += fmt.Sprintf("  %s: %s\n", c.Name, requestBreakdown(c, c.N))
 			if c.ReconcileMeanMillis > 0 {
-				out += fmt.Sprintf("    reconcile mean %.1f ms, queue wait mean %.0f ms, client requests per decision %.2f\n", c.ReconcileMeanMillis, c.QueueWaitMeanMillis, c.ClientRequestsPerDecision)
+				out += fmt.Sprintf("    reconcile mean %.1f ms, queue wait mean %.0f ms, client requests per decision %.2f, %.0f Go GC cycles from start to the last decision, %.2f ms of CPU per decision\n", c.ReconcileMeanMillis, c.QueueWaitMeanMillis, c.ClientRequestsPerDecision, c.GCCycles, perDecisionMillis(c.CPU.Contender, c))
 			}
 		}
 	}
