@@ -219,6 +219,7 @@ func RunWithConfig(ctx context.Context, o *Options, cfg *rest.Config) error {
 		Cache:                               approver.CacheOptions(),
 		Metrics:                             metricsserver.Options{BindAddress: o.MetricsBindAddress},
 		HealthProbeBindAddress:              o.HealthProbeBindAddress,
+		PprofBindAddress:                    o.PprofBindAddress,
 		LeaderElection:                      o.LeaderElect,
 		LeaderElectionID:                    o.LeaderElectionID,
 		LeaderElectionNamespace:             o.leaderElectionNamespace(),
