@@ -157,6 +157,11 @@ func approveAnalysis(a *approveResult) string {
 		p("In this run the limiter always had at least %.0f tokens left, so it did not set the pace: the latency of two requests one after another (and nodecsr's own work), times %d workers, did. A backlog that outlasts the burst would be held to %g decisions/s.\n", nc.LimiterMinHeadroom, defaults.MaxConcurrentReconciles, qps)
 	}
 	for _, v := range a.Variants {
+		if v.Name == "nodecsr-controller (gogc=100)" {
+			p("  - %s (the Go runtime's own pacing, which nodecsr-controller replaces unless GOGC is set: it lets the heap grow by at least 32 MiB between collections): %.0f/s, %.0f garbage collections per round instead of %.0f, %.2f ms of nodecsr CPU per decision instead of %.2f; CPU: %s.\n",
+				v.Name, v.RatePerSecond, v.GCCycles, nc.GCCycles, perDecisionMillis(v.CPU.Contender, v), perDecisionMillis(nc.CPU.Contender, nc), cpuCell(v))
+			continue
+		}
 		lim := "client limiter never short"
 		if v.LimiterBoundFrom > 0 {
 			lim = fmt.Sprintf("client limiter (%.0f/s) pacing from about decision %d", v.ClientQPS, v.LimiterBoundFrom)
