@@ -109,8 +109,10 @@ type contenderResult struct {
 	// LimiterBoundFrom is the first decision (0-based) at which the headroom
 	// was down to limiterBoundTokens, or -1.
 	LimiterBoundFrom int `json:"limiterBoundFrom,omitempty"`
-	// RoundRates is RatePerSecond of each round (when there were several).
-	RoundRates []float64 `json:"roundRates,omitempty"`
+	// RoundRates is RatePerSecond of each round (when there were several),
+	// RoundOthers the cores other processes used meanwhile.
+	RoundRates  []float64 `json:"roundRates,omitempty"`
+	RoundOthers []float64 `json:"roundOthersCores,omitempty"`
 
 	createToDecision, startToDecision []time.Duration
 }
@@ -191,6 +193,7 @@ func combineRounds(rs []contenderResult) contenderResult {
 			out.Memory = r.Memory
 		}
 		out.RoundRates = append(out.RoundRates, r.RatePerSecond)
+		out.RoundOthers = append(out.RoundOthers, othersCores(r))
 		out.LimiterMinHeadroom = min(out.LimiterMinHeadroom, r.LimiterMinHeadroom)
 		if r.LimiterBoundFrom >= 0 && (out.LimiterBoundFrom < 0 || r.LimiterBoundFrom < out.LimiterBoundFrom) {
 			out.LimiterBoundFrom = r.LimiterBoundFrom
@@ -455,8 +458,17 @@ func (e *env) runApprove(ctx context.Context, o *options) (*approveResult, error
 	for _, v := range o.variants {
 		entries = append(entries, &entry{c: nodecsr("nodecsr-controller ("+v.name+")", v.args, v.env), group: "approve-variant-" + strings.NewReplacer("=", "", ",", "-").Replace(v.name)})
 	}
+	// The run order puts the async-Event pattern loop right before nodecsr
+	// (and, reversed, right after it), so that the ratio the target is about
+	// compares runs a few seconds apart: the load others put on a shared
+	// machine drifts over minutes.
+	runOrder := slices.Clone(entries)
+	if i := slices.IndexFunc(runOrder, func(en *entry) bool { return strings.HasSuffix(en.c.name, ": "+string(patternAsyncEvent)) }); i > 0 {
+		async := runOrder[i]
+		runOrder = slices.Insert(slices.Delete(runOrder, i, i+1), 0, async)
+	}
 	for round := range o.rounds {
-		order := slices.Clone(entries)
+		order := slices.Clone(runOrder)
 		if round%2 == 1 {
 			slices.Reverse(order)
 		}

@@ -194,6 +194,9 @@ func approveAnalysis(a *approveResult) string {
 			p("- **The same with the Event written asynchronously** (by %d separate writers, so a worker makes two requests in a row: nodecsr's own request pattern, every Event still written) did %.0f/s, %.0f%% of the bare loop; nodecsr did %.0f%% of that (goal: 90%%). What is left between them is nodecsr's own work per decision (its checks, among them the CSR's signature, its watch of the CSRs, logging, garbage collection, a separate process competing for the same cores): %.2f ms of CPU in nodecsr per decision here, with %.0f garbage collections per round; the API server and etcd spent %.2f ms per decision in nodecsr's runs and %.2f ms in the pattern loop's.\n",
 				asyncEventWriters, pt.RatePerSecond, 100*ratio(pt.RatePerSecond, bare.RatePerSecond), 100*ratio(nc.RatePerSecond, pt.RatePerSecond), perDecisionMillis(nc.CPU.Contender, nc), nc.GCCycles,
 				perDecisionMillis(nc.CPU.APIServer+nc.CPU.Etcd, nc), perDecisionMillis(pt.CPU.APIServer+pt.CPU.Etcd, pt))
+			if len(nc.RoundOthers) > 1 {
+				p("  Round by round (the pattern loop runs right before nodecsr, and right after it in reversed rounds): nodecsr %s; the pattern loop %s. A round where others used more of the machine is slower.\n", roundsCell(nc), roundsCell(pt))
+			}
 		case strings.HasSuffix(pt.Name, string(patternPatchAsyncEvent)):
 			p("- **The same with the approval written as a merge patch** (only the condition and the resourceVersion sent, instead of the whole CSR) did %.0f/s, %.0f%% of the loop that sends the whole CSR in the same run.\n",
 				pt.RatePerSecond, 100*ratio(pt.RatePerSecond, patternRate(a, patternAsyncEvent)))

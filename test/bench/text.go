@@ -251,8 +251,18 @@ func cpuCell(c contenderResult) string {
 	if u.Contender == 0 {
 		bench = 0 // the contender runs inside the bench
 	}
-	others := max(0, u.Machine-contenderCores(c)-u.APIServer-u.Etcd-bench)
-	return fmt.Sprintf("%.2f / %.2f / %.2f / %.2f / %.2f (of %d)", contenderCores(c), u.APIServer, u.Etcd, bench, others, u.Cores)
+	return fmt.Sprintf("%.2f / %.2f / %.2f / %.2f / %.2f (of %d)", contenderCores(c), u.APIServer, u.Etcd, bench, othersCores(c), u.Cores)
+}
+
+// othersCores is the CPU that processes other than the contender, the
+// control plane and the bench used during the run (other people's work).
+func othersCores(c contenderResult) float64 {
+	u := c.CPU
+	bench := u.Bench
+	if u.Contender == 0 {
+		bench = 0 // the contender runs inside the bench
+	}
+	return max(0, u.Machine-contenderCores(c)-u.APIServer-u.Etcd-bench)
 }
 
 // rateCell is the mean decision rate, with each round's in parentheses.
@@ -266,4 +276,15 @@ func rateCell(c contenderResult) string {
 		out += " (" + strings.Join(rs, ", ") + ")"
 	}
 	return out
+}
+
+// roundsCell is each round's rate with the cores others used meanwhile.
+func roundsCell(c contenderResult) string {
+	var rs []string
+	for i, r := range c.RoundRates {
+		if i < len(c.RoundOthers) {
+			rs = append(rs, fmt.Sprintf("%.0f/s (others %.2f cores)", r, c.RoundOthers[i]))
+		}
+	}
+	return strings.Join(rs, ", ")
 }
