@@ -66,7 +66,7 @@ demo: assets ## Run the demo on a local control plane (KEEP=1 keeps it running).
 	cd test && $(GO) run ./demo $(if $(KEEP),--keep)
 
 .PHONY: bench
-bench: assets ## Run the benchmarks side by side with kube-controller-manager and write BENCHMARKS.md (about 10 minutes).
+bench: assets ## Run the benchmarks side by side with kube-controller-manager and write BENCHMARKS.md (12 min on a shared 2-core machine, load 5-8).
 	cd test && $(GO) run ./bench all -markdown $(CURDIR)/BENCHMARKS.md
 
 .PHONY: compat

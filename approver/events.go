@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/go-logr/logr"
 	"golang.org/x/time/rate"
 	certificatesv1 "k8s.io/api/certificates/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -402,12 +403,14 @@ func (w *eventWriter) processNext(ctx context.Context) bool {
 		w.queue.Forget(k)
 		return true
 	}
-	l := log.FromContext(ctx).WithValues("csr", e.csr.Name, "reason", e.reason)
+	// The logger with the Event's keys is made only when there is something
+	// to log: most writes succeed at the first attempt and log nothing.
+	l := func() logr.Logger { return log.FromContext(ctx).WithValues("csr", e.csr.Name, "reason", e.reason) }
 	err := w.write(ctx, e)
 	switch {
 	case err == nil:
 		if e.failed {
-			l.Info("Recorded a decision Event that had failed", "attempts", w.queue.NumRequeues(k)+1)
+			l().Info("Recorded a decision Event that had failed", "attempts", w.queue.NumRequeues(k)+1)
 		}
 		w.queue.Forget(k)
 		w.done(k)
@@ -417,14 +420,14 @@ func (w *eventWriter) processNext(ctx context.Context) bool {
 			w.metrics.EventErrors.Inc()
 		}
 		w.metrics.EventsAbandoned.WithLabelValues("Invalid").Inc()
-		l.Error(err, "The API server rejected a decision Event; it is not retried")
+		l().Error(err, "The API server rejected a decision Event; it is not retried")
 		w.queue.Forget(k)
 		w.done(k)
 	default:
 		if !e.failed {
 			e.failed = true
 			w.metrics.EventErrors.Inc()
-			l.Error(err, "Failed to record the decision Event; it will be retried")
+			l().Error(err, "Failed to record the decision Event; it will be retried")
 		}
 		if ctx.Err() == nil {
 			w.queue.AddRateLimited(k)

@@ -413,7 +413,8 @@ type IndexedPending struct {
 // PendingAround implements PendingLookup.
 func (p IndexedPending) PendingAround(ctx context.Context, csr *certificatesv1.CertificateSigningRequest, node string) (bool, int, error) {
 	var list certificatesv1.CertificateSigningRequestList
-	if err := p.Reader.List(ctx, &list, client.MatchingFields{IndexNodeName: node}); err != nil {
+	// Read only: the cache's own objects, not deep copies of them.
+	if err := p.Reader.List(ctx, &list, client.MatchingFields{IndexNodeName: node}, client.UnsafeDisableDeepCopy); err != nil {
 		return false, 0, fmt.Errorf("failed to list pending CSRs for node %q: %w", node, err)
 	}
 	newer, older := PendingAround(csr, node, list.Items)

@@ -7,6 +7,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/go-logr/logr"
 	"golang.org/x/time/rate"
 	certificatesv1 "k8s.io/api/certificates/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -220,7 +221,24 @@ func (r *Reconciler) SetupWithManager(ctx context.Context, mgr ctrl.Manager, wor
 	return b.
 		WatchesRawSource(source.Channel(r.reloads, &handler.TypedEnqueueRequestForObject[*certificatesv1.CertificateSigningRequest]{})).
 		WithOptions(controller.Options{MaxConcurrentReconciles: workers, RateLimiter: retryLimiter()}).
+		WithLogConstructor(reconcileLogger(mgr.GetLogger())).
 		Complete(r)
+}
+
+// reconcileLogger gives each reconcile a logger with the controller's name
+// and the CSR's ("controller", "csr"; controller-runtime adds
+// "reconcileID"). It replaces controller-runtime's default, which adds four
+// more keys in two more WithValues per reconcile: each one copies the
+// logger's encoder, a few KiB of garbage per decision at hundreds of
+// decisions a second.
+func reconcileLogger(base logr.Logger) func(*reconcile.Request) logr.Logger {
+	base = base.WithValues("controller", "nodecsr-approver")
+	return func(req *reconcile.Request) logr.Logger {
+		if req == nil {
+			return base
+		}
+		return base.WithValues("csr", req.Name)
+	}
 }
 
 // maxErrorRetry caps the backoff of a CSR whose reconcile failed (a fact
@@ -327,8 +345,6 @@ func (r *Reconciler) Reconcile(ctx context.Context, req reconcile.Request) (reco
 		return reconcile.Result{}, nil
 	}
 	policy := r.Policy()
-	l := log.FromContext(ctx).WithValues("csr", csr.Name, "signer", SignerOf(csr.Spec.SignerName).String(), "requester", csr.Spec.Username, "policy", policy.Digest)
-	ctx = log.IntoContext(ctx, l)
 
 	// Inspect once; the static decision first, so a hopeless CSR costs no
 	// API call and no signature check.
@@ -404,7 +420,7 @@ func (r *Reconciler) record(ctx context.Context, policy *config.Effective, csr *
 	}
 	r.Metrics.Decisions.WithLabelValues(string(d.Verdict), d.Reason, string(d.Path), d.Signer.String()).Inc()
 	r.Metrics.DecisionLatency.WithLabelValues(string(d.Verdict), d.Signer.String()).Observe(now.Sub(csr.CreationTimestamp.Time).Seconds())
-	l.Info("Decided CSR", "decision", d.Verdict, "reason", d.Reason, "path", d.Path, "node", d.NodeName, "message", d.Message)
+	l.Info("Decided CSR", "signer", d.Signer.String(), "requester", csr.Spec.Username, "policy", policy.Digest, "decision", d.Verdict, "reason", d.Reason, "path", d.Path, "node", d.NodeName, "message", d.Message)
 	// The Event is written by the Event writer, which holds it until it is
 	// written (retrying through an outage); the CSR is done.
 	r.events().enqueue(ctx, newDecisionEvent(csr, condType, d.Reason, d.Message))
@@ -448,7 +464,7 @@ func (r *Reconciler) report(ctx context.Context, policy *config.Effective, csr *
 		return
 	}
 	r.Metrics.Decisions.WithLabelValues(label, d.Reason, string(d.Path), d.Signer.String()).Inc()
-	log.FromContext(ctx).Info("Decided CSR without writing a condition", "decision", label, "reason", d.Reason, "path", d.Path, "node", d.NodeName, "message", d.Message)
+	log.FromContext(ctx).Info("Decided CSR without writing a condition", "signer", d.Signer.String(), "requester", csr.Spec.Username, "policy", policy.Digest, "decision", label, "reason", d.Reason, "path", d.Path, "node", d.NodeName, "message", d.Message)
 	eventType := corev1.EventTypeNormal
 	if d.Verdict == Deny || d.Reason != ReasonRateLimited && d.Verdict == Ignore {
 		eventType = corev1.EventTypeWarning

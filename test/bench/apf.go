@@ -19,7 +19,6 @@ import (
 	"log"
 	"net"
 	"net/http"
-	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -32,6 +31,7 @@ import (
 	"helm.sh/helm/v3/pkg/chart/loader"
 	admissionv1 "k8s.io/api/admission/v1"
 	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
+	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	flowcontrolv1 "k8s.io/api/flowcontrol/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
@@ -41,6 +41,8 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
+	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
+	"k8s.io/utils/ptr"
 
 	"github.com/nodecsr/nodecsr/test/cluster"
 )
@@ -93,6 +95,8 @@ type apfResult struct {
 	Runs       []apfRun   `json:"runs"`
 	// WithVsWithout: decisions/s with the FlowSchema over without, under the tenant.
 	WithVsWithout float64 `json:"withVsWithout"`
+	// LoadAverage is /proc/loadavg at the end of the part.
+	LoadAverage string `json:"loadAverage,omitempty"`
 }
 
 type apfClass struct {
@@ -140,38 +144,29 @@ type tenantStats struct {
 	RatePerSecond float64 `json:"ratePerSecond"`
 }
 
-// apfRelease is one installation of the chart.
-type apfRelease struct {
+// chartRelease is one installation of the chart; the approve and apf parts
+// run nodecsr-controller (and, in approve, the bare loops) as its
+// ServiceAccount.
+type chartRelease struct {
 	release, namespace string
 	apf                bool
-	kubeconfig         string // impersonates the release's ServiceAccount
+	// kubeconfig and config authenticate with a token of the release's
+	// ServiceAccount (TokenRequest), as the chart's pod does: exactly its
+	// RBAC and its APF classification.
+	kubeconfig string
+	config     *rest.Config
 }
 
-func (r apfRelease) serviceAccount() string { return r.release } // the release name contains "nodecsr"
-func (r apfRelease) flowSchema() string     { return r.release }
+func (r chartRelease) serviceAccount() string { return r.release } // the release name contains "nodecsr"
+func (r chartRelease) flowSchema() string     { return r.release }
+func (r chartRelease) userName() string       { return saIdentity(r.namespace, r.serviceAccount()).UserName }
 
 // apfPart runs the apf part when the subcommand asks for it; main.go calls
 // it among the other parts.
-func apfPart(ctx context.Context, want func(string) bool, step func(string, func() error), e *env, o *options, stdout io.Writer) {
+func apfPart(ctx context.Context, want func(string) bool, step func(string, func() error), e *env, o *options, rep *report) {
 	if want("apf") {
-		step("apf", func() error { return e.runAPF(ctx, o, stdout) })
+		step("apf", func() (err error) { rep.APF, err = e.measureAPF(ctx, o); return err })
 	}
-}
-
-// runAPF measures and prints the apf table: on stdout with -o text (it is
-// not part of the report's JSON or Markdown), else on stderr.
-func (e *env) runAPF(ctx context.Context, o *options, stdout io.Writer) error {
-	res, err := e.measureAPF(ctx, o)
-	if err != nil {
-		return err
-	}
-	if o.output == "text" {
-		fmt.Fprintln(stdout, apfTable(res))
-		return nil
-	}
-	data, _ := json.Marshal(map[string]any{"apf": res})
-	e.logf("apf:\n%s\n%s", apfTable(res), data)
-	return nil
 }
 
 func (e *env) measureAPF(ctx context.Context, o *options) (*apfResult, error) {
@@ -191,18 +186,14 @@ func (e *env) measureAPF(ctx context.Context, o *options) (*apfResult, error) {
 	}
 
 	// The chart, twice: with its FlowSchema and without.
-	root, err := cluster.RepoRoot()
+	ch, err := loadChart()
 	if err != nil {
 		return nil, err
 	}
-	ch, err := loader.Load(filepath.Join(root, "charts", "nodecsr"))
-	if err != nil {
-		return nil, fmt.Errorf("failed to load the chart: %w", err)
-	}
-	with := &apfRelease{release: "nodecsr-with", namespace: "bench-apf-with", apf: true}
-	without := &apfRelease{release: "nodecsr-without", namespace: "bench-apf-without", apf: false}
-	for _, r := range []*apfRelease{with, without} {
-		undo, err := e.installForAPF(ctx, ch, r)
+	with := &chartRelease{release: "nodecsr-with", namespace: "bench-apf-with", apf: true}
+	without := &chartRelease{release: "nodecsr-without", namespace: "bench-apf-without", apf: false}
+	for _, r := range []*chartRelease{with, without} {
+		undo, err := e.installChart(ctx, ch, r)
 		if undo != nil {
 			defer undo()
 		}
@@ -216,27 +207,20 @@ func (e *env) measureAPF(ctx context.Context, o *options) (*apfResult, error) {
 		return saIdentity(apfTenantNamespace, fmt.Sprintf("tenant-%03d", i))
 	}
 	want := []struct {
-		who    string
-		id     rest.ImpersonationConfig
-		fs, pl string
+		who, user string
+		cfg       *rest.Config
+		fs, pl    string
 	}{
-		{"nodecsr-controller, chart with apf.enabled=true", saIdentity(with.namespace, with.serviceAccount()), with.flowSchema(), apfWorkloadHigh},
-		{"nodecsr-controller, chart with apf.enabled=false", saIdentity(without.namespace, without.serviceAccount()), apfServiceAccounts, apfWorkloadLow},
-		{"the noisy tenant", tenantID(0), apfServiceAccounts, apfWorkloadLow},
+		{"nodecsr-controller, chart with apf.enabled=true", with.userName(), with.config, with.flowSchema(), apfWorkloadHigh},
+		{"nodecsr-controller, chart with apf.enabled=false", without.userName(), without.config, apfServiceAccounts, apfWorkloadLow},
+		{"the noisy tenant", tenantID(0).UserName, e.impersonating(tenantID(0)), apfServiceAccounts, apfWorkloadLow},
 	}
 	for _, w := range want {
-		var fs, pl string
-		// The API server's APF controller applies a new FlowSchema a moment after its create.
-		err := pollUntil(ctx, time.Minute, func() (bool, error) {
-			var err error
-			fs, pl, err = e.classifyAs(ctx, w.id)
-			return fs == w.fs && pl == w.pl, err
-		})
+		c, err := e.waitClassified(ctx, w.who+" ("+w.user+")", w.cfg, w.fs, w.pl)
 		if err != nil {
-			return nil, fmt.Errorf("requests of %s (%s) are in FlowSchema %q at %q, want %q at %q: %w", w.who, w.id.UserName, fs, pl, w.fs, w.pl, err)
+			return nil, err
 		}
-		res.Classified = append(res.Classified, apfClass{Who: w.who + " (" + w.id.UserName + ")", FlowSchema: fs, PriorityLevel: pl})
-		e.logf("apf: %s: FlowSchema %s, priority level %s", w.who, fs, pl)
+		res.Classified = append(res.Classified, c)
 	}
 
 	m, err := apiServerMetrics(ctx, e.admin)
@@ -262,7 +246,7 @@ func (e *env) measureAPF(ctx context.Context, o *options) (*apfResult, error) {
 
 	type phase struct {
 		name   string
-		rel    *apfRelease
+		rel    *chartRelease
 		tenant bool
 		fs, pl string
 	}
@@ -332,15 +316,16 @@ func (e *env) measureAPF(ctx context.Context, o *options) (*apfResult, error) {
 		res.Runs = append(res.Runs, run)
 	}
 	res.WithVsWithout = ratio(res.Runs[2].Result.RatePerSecond, res.Runs[1].Result.RatePerSecond)
+	res.LoadAverage = loadAverage()
 	return res, nil
 }
 
 // apfContender is nodecsr-controller with its defaults (as the approve
 // part runs it) under the release's ServiceAccount.
-func (e *env) apfContender(name string, r *apfRelease) contender {
+func (e *env) apfContender(name string, r *chartRelease) contender {
 	return contender{
 		name:     "nodecsr-controller " + name,
-		settings: "defaults, as " + saIdentity(r.namespace, r.serviceAccount()).UserName + " with the chart's RBAC",
+		settings: "defaults, as " + r.userName() + " (a ServiceAccount token) with the chart's RBAC",
 		qps:      float64(defaults.KubeAPIQPS), burst: float64(defaults.KubeAPIBurst),
 		start: func(ctx context.Context, group string) (running, error) {
 			c, err := e.startController("nodecsr-"+group, "--kubeconfig="+r.kubeconfig)
@@ -377,12 +362,24 @@ func (e *env) waitAPFBootstrap(ctx context.Context) error {
 	return nil
 }
 
-// installForAPF creates the release's namespace, installs the chart there
+// loadChart loads charts/nodecsr.
+func loadChart() (*chart.Chart, error) {
+	root, err := cluster.RepoRoot()
+	if err != nil {
+		return nil, err
+	}
+	ch, err := loader.Load(filepath.Join(root, "charts", "nodecsr"))
+	if err != nil {
+		return nil, fmt.Errorf("failed to load the chart: %w", err)
+	}
+	return ch, nil
+}
+
+// installChart creates the release's namespace, installs the chart there
 // (no webhooks, one replica: only its ServiceAccount, RBAC and FlowSchema
-// matter here; nothing schedules its pods) and writes a kubeconfig that
-// impersonates its ServiceAccount. undo uninstalls and deletes the
-// namespace.
-func (e *env) installForAPF(ctx context.Context, ch *chart.Chart, r *apfRelease) (undo func(), err error) {
+// matter here; nothing schedules its pods) and writes a kubeconfig with a
+// token of its ServiceAccount. undo uninstalls and deletes the namespace.
+func (e *env) installChart(ctx context.Context, ch *chart.Chart, r *chartRelease) (undo func(), err error) {
 	var steps []func()
 	undo = func() {
 		for _, s := range slices.Backward(steps) {
@@ -422,11 +419,45 @@ func (e *env) installForAPF(ctx context.Context, ch *chart.Chart, r *apfRelease)
 		}
 	})
 	r.kubeconfig = filepath.Join(e.dir, r.release+".kubeconfig")
-	if err := writeImpersonatingKubeconfig(e.c.AdminKubeconfig(), r.kubeconfig, saIdentity(r.namespace, r.serviceAccount())); err != nil {
+	if r.config, err = e.serviceAccountConfig(ctx, r.namespace, r.serviceAccount(), r.kubeconfig); err != nil {
 		return undo, err
 	}
-	e.logf("apf: installed the chart as %s in %s (apf.enabled=%v)", r.release, r.namespace, r.apf)
+	e.logf("installed the chart as %s in %s (apf.enabled=%v); its ServiceAccount's kubeconfig: %s", r.release, r.namespace, r.apf, r.kubeconfig)
 	return undo, nil
+}
+
+// serviceAccountTokenSeconds is how long the bench's ServiceAccount tokens
+// are valid: longer than any bench run.
+const serviceAccountTokenSeconds = 6 * 3600
+
+// serviceAccountConfig asks the API server for a token of the ServiceAccount
+// (TokenRequest, as the kubelet does for a pod's projected token), writes a
+// kubeconfig that uses it to path and returns the same as a rest.Config.
+func (e *env) serviceAccountConfig(ctx context.Context, ns, name, path string) (*rest.Config, error) {
+	tr, err := e.admin.CoreV1().ServiceAccounts(ns).CreateToken(ctx, name, &authenticationv1.TokenRequest{
+		Spec: authenticationv1.TokenRequestSpec{ExpirationSeconds: ptr.To[int64](serviceAccountTokenSeconds)},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("failed to get a token of ServiceAccount %s/%s: %w", ns, name, err)
+	}
+	kc, err := clientcmd.LoadFromFile(e.c.AdminKubeconfig())
+	if err != nil {
+		return nil, err
+	}
+	for k := range kc.AuthInfos {
+		kc.AuthInfos[k] = &clientcmdapi.AuthInfo{Token: tr.Status.Token}
+	}
+	if err := clientcmd.WriteToFile(*kc, path); err != nil {
+		return nil, err
+	}
+	cfg, err := clientcmd.BuildConfigFromFlags("", path)
+	if err != nil {
+		return nil, err
+	}
+	if cfg.BearerToken == "" || cfg.CertData != nil || cfg.CertFile != "" {
+		return nil, fmt.Errorf("%s does not authenticate with the ServiceAccount's token alone", path)
+	}
+	return cfg, nil
 }
 
 func helmConfig(kubeconfig, namespace string) (*action.Configuration, error) {
@@ -447,28 +478,37 @@ func saIdentity(ns, name string) rest.ImpersonationConfig {
 	}
 }
 
-// writeImpersonatingKubeconfig copies the admin kubeconfig with every user
-// impersonating id: a process using it has exactly id's permissions and
-// APF classification.
-func writeImpersonatingKubeconfig(adminKubeconfig, path string, id rest.ImpersonationConfig) error {
-	kc, err := clientcmd.LoadFromFile(adminKubeconfig)
-	if err != nil {
-		return err
-	}
-	for _, ai := range kc.AuthInfos {
-		ai.Impersonate, ai.ImpersonateGroups = id.UserName, id.Groups
-	}
-	return clientcmd.WriteToFile(*kc, path)
+// impersonating is the admin's client configuration impersonating id.
+func (e *env) impersonating(id rest.ImpersonationConfig) *rest.Config {
+	cfg := e.c.AdminConfig()
+	cfg.Impersonate = id
+	return cfg
 }
 
-// classifyAs makes one request as id and returns the names of the
+// waitClassified waits until the API server puts the requests made with cfg
+// in FlowSchema fs at priority level pl (its APF controller applies a new
+// FlowSchema a moment after its create).
+func (e *env) waitClassified(ctx context.Context, who string, cfg *rest.Config, fs, pl string) (apfClass, error) {
+	var gotFS, gotPL string
+	err := pollUntil(ctx, time.Minute, func() (bool, error) {
+		var err error
+		gotFS, gotPL, err = e.classify(ctx, cfg)
+		return gotFS == fs && gotPL == pl, err
+	})
+	if err != nil {
+		return apfClass{}, fmt.Errorf("requests of %s are in FlowSchema %q at %q, want %q at %q: %w", who, gotFS, gotPL, fs, pl, err)
+	}
+	e.logf("%s: FlowSchema %s, priority level %s", who, gotFS, gotPL)
+	return apfClass{Who: who, FlowSchema: gotFS, PriorityLevel: gotPL}, nil
+}
+
+// classify makes one request with cfg and returns the names of the
 // FlowSchema and priority level the API server's X-Kubernetes-PF-* response
 // headers name. APF classifies before authorization, so a refused request
 // has them too.
-func (e *env) classifyAs(ctx context.Context, id rest.ImpersonationConfig) (flowSchema, priorityLevel string, err error) {
+func (e *env) classify(ctx context.Context, cfg *rest.Config) (flowSchema, priorityLevel string, err error) {
 	var fsUID, plUID string
-	cfg := e.c.AdminConfig()
-	cfg.Impersonate = id
+	cfg = rest.CopyConfig(cfg)
 	cfg.WrapTransport = func(rt http.RoundTripper) http.RoundTripper {
 		return roundTripFunc(func(req *http.Request) (*http.Response, error) {
 			resp, err := rt.RoundTrip(req)
@@ -801,13 +841,22 @@ func sleepCtx(ctx context.Context, d time.Duration) {
 	}
 }
 
-func apfTable(a *apfResult) string {
+// apfTable renders the apf part as text or (md) Markdown.
+func apfTable(a *apfResult, md bool) string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "API Priority and Fairness: nodecsr-controller as the chart's ServiceAccount, %d CSRs per run (%d rounds of the tenant runs, alternating order)\n", a.N, a.Rounds)
-	fmt.Fprintf(&b, "seats: %d in the API server (its default --max-requests-inflight=400 plus --max-mutating-requests-inflight=200, rounded up per level); workload-low %.0f nominal (upper limit %.0f with borrowing), workload-high %.0f nominal\n", a.ServerSeats, a.WorkloadLowSeats, a.WorkloadLowUpper, a.WorkloadHighSeats)
-	fmt.Fprintf(&b, "tenant: %s\n", a.Tenant)
+	// para ends a paragraph: a line in text, a blank line in Markdown.
+	para, item := "\n", "  "
+	if md {
+		para, item = "\n\n", "- "
+	}
+	fmt.Fprintf(&b, "API Priority and Fairness: nodecsr-controller as the chart's ServiceAccount (a token of it, the chart's RBAC), %d CSRs per run (%d rounds of the tenant runs, alternating order).%s", a.N, a.Rounds, para)
+	fmt.Fprintf(&b, "Seats: %d in the API server (its default --max-requests-inflight=400 plus --max-mutating-requests-inflight=200, rounded up per level); workload-low %.0f nominal (upper limit %.0f with borrowing), workload-high %.0f nominal.%s", a.ServerSeats, a.WorkloadLowSeats, a.WorkloadLowUpper, a.WorkloadHighSeats, para)
+	fmt.Fprintf(&b, "Tenant: %s.%s", a.Tenant, para)
 	for _, c := range a.Classified {
-		fmt.Fprintf(&b, "  %s → FlowSchema %s, priority level %s\n", c.Who, c.FlowSchema, c.PriorityLevel)
+		fmt.Fprintf(&b, "%s%s → FlowSchema %s, priority level %s\n", item, c.Who, c.FlowSchema, c.PriorityLevel)
+	}
+	if md {
+		b.WriteString("\n")
 	}
 	header := []string{"run", "nodecsr's FlowSchema → level", "decisions/s", "p50 / p99 start→approved", "p99 create→approved", "first decision after", "reconcile mean", "tenant requests/s (429s)", "workload-low seats busy / limit, queued", "CPU cores: apiserver / machine"}
 	var rows [][]string
@@ -829,15 +878,18 @@ func apfTable(a *apfResult) string {
 			fmt.Sprintf("%.2f / %.2f of %d", c.CPU.APIServer, c.CPU.Machine, c.CPU.Cores),
 		})
 	}
-	b.WriteString(table(false, header, rows))
+	b.WriteString(table(md, header, rows))
+	if md {
+		b.WriteString("\n")
+	}
 	if len(a.Runs) == 3 {
 		w, wo := a.Runs[2].Result, a.Runs[1].Result
-		fmt.Fprintf(&b, "under the tenant, with the FlowSchema vs without: %.2fx decisions/s (%.1f vs %.1f), p99 start→approved %s vs %s\n",
-			a.WithVsWithout, w.RatePerSecond, wo.RatePerSecond, secs(w.StartToDecision.P99), secs(wo.StartToDecision.P99))
+		fmt.Fprintf(&b, "Under the tenant, with the FlowSchema vs without: %.2fx decisions/s (%.1f vs %.1f), p99 start→approved %s vs %s.%s",
+			a.WithVsWithout, w.RatePerSecond, wo.RatePerSecond, secs(w.StartToDecision.P99), secs(wo.StartToDecision.P99), para)
 	}
-	b.WriteString("APF divides the API server's seats, not its CPU: the tenant's own requests still compete for the cores with nodecsr's, with the FlowSchema too.\n")
-	if la, err := os.ReadFile("/proc/loadavg"); err == nil {
-		fmt.Fprintf(&b, "load average at the end: %s", la)
+	fmt.Fprintf(&b, "APF divides the API server's seats, not its CPU: the tenant's own requests still compete for the cores with nodecsr's, with the FlowSchema too.%s", para)
+	if a.LoadAverage != "" {
+		fmt.Fprintf(&b, "Load average at the end of the apf part: %s.%s", a.LoadAverage, para)
 	}
 	return b.String()
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
@@ -13,9 +14,12 @@ import (
 	certificatesv1 "k8s.io/api/certificates/v1"
 	corev1 "k8s.io/api/core/v1"
 	eventsv1 "k8s.io/api/events/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 
 	"github.com/nodecsr/nodecsr/cmd/nodecsr-controller/app"
 )
@@ -25,6 +29,9 @@ type approveResult struct {
 	N          int    `json:"n"`
 	IncumbentN int    `json:"incumbentN"`
 	Note       string `json:"note"`
+	// Identity is who nodecsr-controller and the bare loops ran as, and
+	// where API Priority and Fairness put their requests.
+	Identity apfClass `json:"identity"`
 	// BackgroundRequestsPerSecond is what the API server serves with no
 	// approver running (its own loopback clients, the bench's scrapes); it is
 	// subtracted from every contender's request count.
@@ -84,9 +91,12 @@ type contenderResult struct {
 	// ReconcileMeanMillis is nodecsr's mean reconcile time (controller_runtime_reconcile_time_seconds).
 	ReconcileMeanMillis float64 `json:"reconcileMeanMillis,omitempty"`
 	// QueueWaitMeanMillis is nodecsr's mean time in the work queue (workqueue_queue_duration_seconds).
-	QueueWaitMeanMillis float64  `json:"queueWaitMeanMillis,omitempty"`
-	CPU                 cpuUse   `json:"cpu"`
-	Memory              *memInfo `json:"memory,omitempty"`
+	QueueWaitMeanMillis float64 `json:"queueWaitMeanMillis,omitempty"`
+	// GCCycles is the Go garbage collections nodecsr-controller made from its
+	// start to the last decision (go_gc_duration_seconds_count).
+	GCCycles float64  `json:"gcCycles,omitempty"`
+	CPU      cpuUse   `json:"cpu"`
+	Memory   *memInfo `json:"memory,omitempty"`
 	// ClientQPS and ClientBurst are nodecsr-controller's client rate limit
 	// (controller-runtime applies it per resource type; each decision takes
 	// one token of each of its three types).
@@ -99,8 +109,10 @@ type contenderResult struct {
 	// LimiterBoundFrom is the first decision (0-based) at which the headroom
 	// was down to limiterBoundTokens, or -1.
 	LimiterBoundFrom int `json:"limiterBoundFrom,omitempty"`
-	// RoundRates is RatePerSecond of each round (when there were several).
-	RoundRates []float64 `json:"roundRates,omitempty"`
+	// RoundRates is RatePerSecond of each round (when there were several),
+	// RoundOthers the cores other processes used meanwhile.
+	RoundRates  []float64 `json:"roundRates,omitempty"`
+	RoundOthers []float64 `json:"roundOthersCores,omitempty"`
 
 	createToDecision, startToDecision []time.Duration
 }
@@ -170,6 +182,7 @@ func combineRounds(rs []contenderResult) contenderResult {
 		out.ClientRequestsPerDecision += r.ClientRequestsPerDecision / k
 		out.ReconcileMeanMillis += r.ReconcileMeanMillis / k
 		out.QueueWaitMeanMillis += r.QueueWaitMeanMillis / k
+		out.GCCycles += r.GCCycles / k
 		out.CPU.APIServer += r.CPU.APIServer / k
 		out.CPU.Etcd += r.CPU.Etcd / k
 		out.CPU.Contender += r.CPU.Contender / k
@@ -180,6 +193,7 @@ func combineRounds(rs []contenderResult) contenderResult {
 			out.Memory = r.Memory
 		}
 		out.RoundRates = append(out.RoundRates, r.RatePerSecond)
+		out.RoundOthers = append(out.RoundOthers, othersCores(r))
 		out.LimiterMinHeadroom = min(out.LimiterMinHeadroom, r.LimiterMinHeadroom)
 		if r.LimiterBoundFrom >= 0 && (out.LimiterBoundFrom < 0 || r.LimiterBoundFrom < out.LimiterBoundFrom) {
 			out.LimiterBoundFrom = r.LimiterBoundFrom
@@ -218,10 +232,12 @@ func combineRounds(rs []contenderResult) contenderResult {
 	return out
 }
 
-// variant is an extra nodecsr-controller run with other flags.
+// variant is an extra nodecsr-controller run with other flags and
+// environment variables (the Go runtime's GOGC, GOMAXPROCS, ...).
 type variant struct {
 	name string
 	args []string
+	env  []string
 }
 
 // defaultVariants show what limits nodecsr's throughput: more workers, a
@@ -231,23 +247,40 @@ func defaultVariants() []variant {
 		// The defaults before this benchmark raised them.
 		{name: "workers=16,qps=200", args: []string{"--max-concurrent-reconciles=16", "--kube-api-qps=200", "--kube-api-burst=400"}},
 		{name: "workers=128", args: []string{"--max-concurrent-reconciles=128"}},
+		// The Go runtime's own GC pacing, which nodecsr-controller replaces
+		// unless GOGC is set (cmd/nodecsr-controller/app/gc.go).
+		{name: "gogc=100", env: []string{"GOGC=100"}},
 	}
 }
 
 func defaultVariantsHelp() string {
 	var parts []string
 	for _, v := range defaultVariants() {
-		parts = append(parts, strings.Join(v.args, " "))
+		parts = append(parts, strings.Join(append(slices.Clone(v.env), v.args...), " "))
 	}
 	return strings.Join(parts, "; ")
 }
 
+// parseVariant reads NAME=FLAGS: FLAGS are nodecsr-controller's flags
+// (--...) and environment variables (NAME=value) for it, space-separated.
 func parseVariant(s string) (variant, error) {
-	name, args, ok := strings.Cut(s, "=")
-	if !ok || name == "" || strings.TrimSpace(args) == "" {
-		return variant{}, fmt.Errorf("-variant must be NAME=FLAGS (e.g. 'qps2000=--kube-api-qps=2000 --kube-api-burst=4000'), got %q", s)
+	name, rest, ok := strings.Cut(s, "=")
+	if !ok || name == "" || strings.TrimSpace(rest) == "" || strings.ToLower(name) != name {
+		return variant{}, fmt.Errorf("-variant must be NAME=FLAGS with a lower-case NAME (it names Nodes; e.g. 'qps2000=--kube-api-qps=2000 --kube-api-burst=4000' or 'gogc200=GOGC=200'), got %q", s)
 	}
-	return variant{name: name, args: strings.Fields(args)}, nil
+	v := variant{name: name}
+	for _, f := range strings.Fields(rest) {
+		k, _, isEnv := strings.Cut(f, "=")
+		switch {
+		case strings.HasPrefix(f, "-"):
+			v.args = append(v.args, f)
+		case isEnv && k != "":
+			v.env = append(v.env, f)
+		default:
+			return variant{}, fmt.Errorf("-variant %s: %q is neither a flag (--name=value) nor an environment variable (NAME=value)", name, f)
+		}
+	}
+	return v, nil
 }
 
 // contender is an approver under test.
@@ -285,6 +318,40 @@ func (e *env) runApprove(ctx context.Context, o *options) (*approveResult, error
 		}
 	}()
 
+	// nodecsr-controller as the chart installs it: its ServiceAccount (a
+	// token, not system:masters, which API Priority and Fairness exempts),
+	// the chart's RBAC and FlowSchema (apf.enabled, the chart's default). The
+	// bare loops run as the same ServiceAccount, so that the ratios compare
+	// code, not identities: the same authentication, authorization and
+	// priority level for every request.
+	if err := e.waitAPFBootstrap(ctx); err != nil {
+		return nil, err
+	}
+	ch, err := loadChart()
+	if err != nil {
+		return nil, err
+	}
+	rel := &chartRelease{release: "nodecsr", namespace: "bench-nodecsr", apf: true}
+	undo, err := e.installChart(ctx, ch, rel)
+	if undo != nil {
+		defer undo()
+	}
+	if err != nil {
+		return nil, err
+	}
+	if res.Identity, err = e.waitClassified(ctx, rel.userName(), rel.config, rel.flowSchema(), apfWorkloadHigh); err != nil {
+		return nil, err
+	}
+	as := fmt.Sprintf("as %s (a ServiceAccount token; the chart's RBAC; FlowSchema %s → %s)", rel.userName(), res.Identity.FlowSchema, res.Identity.PriorityLevel)
+	if slices.Contains(o.patterns, patternPatchAsyncEvent) {
+		// The chart grants update on the approval subresource, not patch.
+		undo, err := e.grantApprovalPatch(ctx, rel)
+		defer undo()
+		if err != nil {
+			return nil, err
+		}
+	}
+
 	bg, err := e.backgroundRate(ctx, 5*time.Second)
 	if err != nil {
 		return nil, err
@@ -293,7 +360,7 @@ func (e *env) runApprove(ctx context.Context, o *options) (*approveResult, error
 
 	incumbent := contender{
 		name:     "kube-controller-manager csrapproving",
-		settings: "kube-controller-manager " + clusterVersion() + " --controllers=csrapproving, default flags (--kube-api-qps=20 --kube-api-burst=30, 5 workers)",
+		settings: "kube-controller-manager " + clusterVersion() + " --controllers=csrapproving, default flags (--kube-api-qps=20 --kube-api-burst=30, 5 workers), as system:kube-controller-manager in system:masters (exempt from API Priority and Fairness; its own client limit binds long before APF could)",
 		start: func(ctx context.Context, group string) (running, error) {
 			m, err := e.c.StartExtraControllerManager(ctx, "kcm-csrapproving", []string{"csrapproving"}, nil)
 			if err != nil {
@@ -307,17 +374,19 @@ func (e *env) runApprove(ctx context.Context, o *options) (*approveResult, error
 			}}, nil
 		},
 	}
-	nodecsr := func(name string, args []string) contender {
+	nodecsr := func(name string, args, environ []string) contender {
 		settings := fmt.Sprintf("defaults (--max-concurrent-reconciles=%d --kube-api-qps=%g --kube-api-burst=%d), default policy",
 			defaults.MaxConcurrentReconciles, defaults.KubeAPIQPS, defaults.KubeAPIBurst)
-		if len(args) > 0 {
-			settings = strings.Join(args, " ") + ", default policy"
+		if len(args) > 0 || len(environ) > 0 {
+			settings = strings.Join(append(slices.Clone(environ), args...), " ") + ", default policy"
 		}
+		settings += ", " + as
 		qps, burst := clientLimits(args)
+		args = append([]string{"--kubeconfig=" + rel.kubeconfig}, args...)
 		return contender{
 			name: name, settings: settings, qps: qps, burst: burst,
 			start: func(ctx context.Context, group string) (running, error) {
-				c, err := e.startController("nodecsr-"+group, args...)
+				c, err := e.startControllerEnv("nodecsr-"+group, environ, args...)
 				if err != nil {
 					return running{}, err
 				}
@@ -328,11 +397,11 @@ func (e *env) runApprove(ctx context.Context, o *options) (*approveResult, error
 	bare := func(pat pattern) contender {
 		c := contender{
 			name:     "bare loop",
-			settings: fmt.Sprintf("in the bench: one List, then %d workers doing UpdateApproval with no checks; no client rate limit; protobuf", o.bareWorkers),
+			settings: fmt.Sprintf("in the bench: one List, then %d workers doing UpdateApproval with no checks; no client rate limit; protobuf; %s", o.bareWorkers, as),
 		}
 		if pat != patternBare {
 			c.name = "bare loop: " + string(pat)
-			c.settings = fmt.Sprintf("in the bench: one List, then %d workers each doing %s per CSR with no checks; no client rate limit; protobuf", o.bareWorkers, pat.describe())
+			c.settings = fmt.Sprintf("in the bench: one List, then %d workers each doing %s per CSR with no checks; no client rate limit; protobuf; %s", o.bareWorkers, pat.describe(), as)
 		}
 		c.start = func(ctx context.Context, group string) (running, error) {
 			ctx, cancel := context.WithCancel(ctx)
@@ -342,7 +411,7 @@ func (e *env) runApprove(ctx context.Context, o *options) (*approveResult, error
 			)
 			finished := make(chan struct{})
 			go func() {
-				err := e.bareLoop(ctx, group, o.bareWorkers, pat)
+				err := e.bareLoop(ctx, rel.config, group, o.bareWorkers, pat)
 				mu.Lock()
 				loopErr = err
 				mu.Unlock()
@@ -380,17 +449,26 @@ func (e *env) runApprove(ctx context.Context, o *options) (*approveResult, error
 		rounds []contenderResult
 	}
 	entries := []*entry{
-		{c: nodecsr("nodecsr-controller", nil), group: "approve-nodecsr"},
+		{c: nodecsr("nodecsr-controller", nil, nil), group: "approve-nodecsr"},
 		{c: bare(patternBare), group: "approve-bare"},
 	}
 	for i, pat := range o.patterns {
 		entries = append(entries, &entry{c: bare(pat), group: fmt.Sprintf("approve-pattern%d", i)})
 	}
 	for _, v := range o.variants {
-		entries = append(entries, &entry{c: nodecsr("nodecsr-controller ("+v.name+")", v.args), group: "approve-variant-" + strings.NewReplacer("=", "", ",", "-").Replace(v.name)})
+		entries = append(entries, &entry{c: nodecsr("nodecsr-controller ("+v.name+")", v.args, v.env), group: "approve-variant-" + strings.NewReplacer("=", "", ",", "-").Replace(v.name)})
+	}
+	// The run order puts the async-Event pattern loop right before nodecsr
+	// (and, reversed, right after it), so that the ratio the target is about
+	// compares runs a few seconds apart: the load others put on a shared
+	// machine drifts over minutes.
+	runOrder := slices.Clone(entries)
+	if i := slices.IndexFunc(runOrder, func(en *entry) bool { return strings.HasSuffix(en.c.name, ": "+string(patternAsyncEvent)) }); i > 0 {
+		async := runOrder[i]
+		runOrder = slices.Insert(slices.Delete(runOrder, i, i+1), 0, async)
 	}
 	for round := range o.rounds {
-		order := slices.Clone(entries)
+		order := slices.Clone(runOrder)
 		if round%2 == 1 {
 			slices.Reverse(order)
 		}
@@ -415,6 +493,44 @@ func (e *env) runApprove(ctx context.Context, o *options) (*approveResult, error
 	res.NodecsrVsIncumbentFromStart = ratio(res.Nodecsr.RateFromStartPerSecond, res.Incumbent.RateFromStartPerSecond)
 	res.NodecsrVsBareFromStart = ratio(res.Nodecsr.RateFromStartPerSecond, res.Bare.RateFromStartPerSecond)
 	return res, nil
+}
+
+// grantApprovalPatch lets the release's ServiceAccount patch the approval
+// subresource (for the sar+approval-patch+async-event pattern only; the
+// chart grants update). undo removes the grant.
+func (e *env) grantApprovalPatch(ctx context.Context, rel *chartRelease) (undo func(), err error) {
+	const name = "bench-approval-patch"
+	rbac := e.admin.RbacV1()
+	undo = func() {
+		bg := context.WithoutCancel(ctx)
+		_ = rbac.ClusterRoleBindings().Delete(bg, name, metav1.DeleteOptions{})
+		_ = rbac.ClusterRoles().Delete(bg, name, metav1.DeleteOptions{})
+	}
+	role := &rbacv1.ClusterRole{
+		ObjectMeta: metav1.ObjectMeta{Name: name},
+		Rules:      []rbacv1.PolicyRule{{APIGroups: []string{certificatesv1.GroupName}, Resources: []string{"certificatesigningrequests/approval"}, Verbs: []string{"patch"}}},
+	}
+	if _, err := rbac.ClusterRoles().Create(ctx, role, metav1.CreateOptions{}); err != nil {
+		return undo, err
+	}
+	binding := &rbacv1.ClusterRoleBinding{
+		ObjectMeta: metav1.ObjectMeta{Name: name},
+		RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: name},
+		Subjects:   []rbacv1.Subject{{Kind: rbacv1.ServiceAccountKind, Name: rel.serviceAccount(), Namespace: rel.namespace}},
+	}
+	if _, err := rbac.ClusterRoleBindings().Create(ctx, binding, metav1.CreateOptions{}); err != nil {
+		return undo, err
+	}
+	// RBAC is read from the API server's informer: wait until it allows it.
+	err = pollUntil(ctx, time.Minute, func() (bool, error) {
+		sar := &authorizationv1.SubjectAccessReview{Spec: authorizationv1.SubjectAccessReviewSpec{
+			User: rel.userName(), Groups: saIdentity(rel.namespace, rel.serviceAccount()).Groups,
+			ResourceAttributes: &authorizationv1.ResourceAttributes{Group: certificatesv1.GroupName, Resource: "certificatesigningrequests", Subresource: "approval", Verb: "patch"},
+		}}
+		got, err := e.admin.AuthorizationV1().SubjectAccessReviews().Create(ctx, sar, metav1.CreateOptions{})
+		return err == nil && got.Status.Allowed, err
+	})
+	return undo, err
 }
 
 // backgroundRate is the API server's request rate with nothing but the
@@ -502,6 +618,7 @@ func (e *env) approvePhase(ctx context.Context, c contender, group string, n int
 			res.QueueWaitMeanMillis = 1000 * m.sum("workqueue_queue_duration_seconds_sum", "name", "nodecsr-approver") / v
 		}
 		res.ClientRequestsPerDecision = m.sum("rest_client_requests_total") / float64(n)
+		res.GCCycles = m.sum("go_gc_duration_seconds_count")
 	}
 	if r.pid > 0 {
 		mem, err := readMem(r.pid)
@@ -576,10 +693,11 @@ const (
 	patternNodecsr          pattern = "sar+approval+event"
 	patternAsyncEvent       pattern = "sar+approval+async-event"
 	patternNoEvent          pattern = "sar+approval"
+	patternPatchAsyncEvent  pattern = "sar+approval-patch+async-event"
 	defaultPatterns                 = "sar+approval+event,sar+approval+async-event,sar+approval"
 	asyncEventWriters               = 16
 	asyncEventQueue                 = 1024
-	patternsHelpValidValues         = "sar+approval+event, sar+approval+async-event, sar+approval"
+	patternsHelpValidValues         = "sar+approval+event, sar+approval+async-event, sar+approval, sar+approval-patch+async-event"
 )
 
 func parsePatterns(s string) ([]pattern, error) {
@@ -589,7 +707,7 @@ func parsePatterns(s string) ([]pattern, error) {
 	var out []pattern
 	for _, p := range strings.Split(s, ",") {
 		switch pt := pattern(strings.TrimSpace(p)); pt {
-		case patternNodecsr, patternAsyncEvent, patternNoEvent:
+		case patternNodecsr, patternAsyncEvent, patternNoEvent, patternPatchAsyncEvent:
 			out = append(out, pt)
 		default:
 			return nil, fmt.Errorf("-patterns: unknown pattern %q (valid: %s)", p, patternsHelpValidValues)
@@ -606,17 +724,20 @@ func (p pattern) describe() string {
 		return fmt.Sprintf("a SubjectAccessReview and UpdateApproval, the Event handed to %d separate Event writers (nodecsr's pattern)", asyncEventWriters)
 	case patternNoEvent:
 		return "a SubjectAccessReview and UpdateApproval, no Event"
+	case patternPatchAsyncEvent:
+		return fmt.Sprintf("a SubjectAccessReview and a JSON merge patch of the approval subresource (the condition and the resourceVersion only, instead of the whole CSR), the Event handed to %d separate Event writers", asyncEventWriters)
 	}
 	return "UpdateApproval"
 }
 
-// bareLoop approves every pending CSR of the group with no checks at all:
+// bareLoop approves every pending CSR of the group with no checks at all,
+// as the client configuration as says:
 // one List, then UpdateApproval from workers goroutines, with a
 // SubjectAccessReview before and an events.k8s.io Event after as the
 // pattern says, so that nodecsr's request pattern can be told apart from
 // nodecsr's own cost.
-func (e *env) bareLoop(ctx context.Context, group string, workers int, pat pattern) error {
-	cfg := e.c.AdminConfig()
+func (e *env) bareLoop(ctx context.Context, as *rest.Config, group string, workers int, pat pattern) error {
+	cfg := rest.CopyConfig(as)
 	cfg.QPS, cfg.Burst, cfg.UserAgent = -1, 0, "bench-bare-loop"
 	cfg.ContentType = runtime.ContentTypeProtobuf
 	client, err := kubernetes.NewForConfig(cfg)
@@ -650,7 +771,8 @@ func (e *env) bareLoop(ctx context.Context, group string, workers int, pat patte
 		eventErr error
 		eventMu  sync.Mutex
 	)
-	if pat == patternAsyncEvent {
+	async := pat == patternAsyncEvent || pat == patternPatchAsyncEvent
+	if async {
 		events = make(chan *certificatesv1.CertificateSigningRequest, asyncEventQueue)
 		for range asyncEventWriters {
 			eventsWG.Go(func() {
@@ -685,14 +807,31 @@ func (e *env) bareLoop(ctx context.Context, group string, workers int, pat patte
 			Type: certificatesv1.CertificateApproved, Status: corev1.ConditionTrue,
 			Reason: "BenchApproved", Message: "approved by the bench's bare loop", LastUpdateTime: metav1.Now(),
 		})
-		updated, err := csrs.UpdateApproval(ctx, csr.Name, csr, metav1.UpdateOptions{})
-		if err != nil {
+		var (
+			updated *certificatesv1.CertificateSigningRequest
+			err     error
+		)
+		if pat == patternPatchAsyncEvent {
+			// As guarded as the update: the patch names the resourceVersion.
+			var patch []byte
+			patch, err = json.Marshal(map[string]any{
+				"metadata": map[string]any{"resourceVersion": csr.ResourceVersion},
+				"status":   map[string]any{"conditions": csr.Status.Conditions},
+			})
+			if err != nil {
+				return err
+			}
+			updated, err = csrs.Patch(ctx, csr.Name, types.MergePatchType, patch, metav1.PatchOptions{}, "approval")
+			if err != nil {
+				return fmt.Errorf("bare loop: %w", err)
+			}
+		} else if updated, err = csrs.UpdateApproval(ctx, csr.Name, csr, metav1.UpdateOptions{}); err != nil {
 			return fmt.Errorf("bare loop: %w", err)
 		}
 		switch pat {
 		case patternNodecsr:
 			return writeEvent(updated)
-		case patternAsyncEvent:
+		case patternAsyncEvent, patternPatchAsyncEvent:
 			select {
 			case events <- updated:
 			case <-ctx.Done():

@@ -88,7 +88,7 @@ func newFlags(o *options, stderr io.Writer) *flag.FlagSet {
 	fs.IntVar(&o.rounds, "rounds", 2, "approve: rounds of N CSRs for every contender but the incumbent, in alternating order (figures are means)")
 	fs.IntVar(&o.bareWorkers, "bare-workers", defaults.MaxConcurrentReconciles, "approve: concurrency of the bare loop (nodecsr's default --max-concurrent-reconciles)")
 	fs.StringVar(&o.patternsFlag, "patterns", defaultPatterns, "approve: also run the bare loop with these request patterns per CSR, comma-separated ("+patternsHelpValidValues+"; none: no such runs)")
-	fs.Func("variant", "approve: also run nodecsr-controller with other flags, as NAME=FLAGS (repeatable; none: no variants), e.g. 'qps2000=--kube-api-qps=2000 --kube-api-burst=4000' (default: "+defaultVariantsHelp()+")", func(s string) error {
+	fs.Func("variant", "approve: also run nodecsr-controller with other flags or environment variables, as NAME=FLAGS (repeatable; none: no variants), e.g. 'qps2000=--kube-api-qps=2000 --kube-api-burst=4000' (default: "+defaultVariantsHelp()+")", func(s string) error {
 		if s == "none" {
 			o.noVariants = true
 			return nil
@@ -190,7 +190,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}()
 
 	started := time.Now()
-	rep := &report{Command: "go run ./test/bench " + strings.Join(args, " "), Date: started.UTC().Format(time.RFC3339), Machine: describeMachine()}
+	rep := &report{Command: "go run ./test/bench " + strings.Join(args, " "), Date: started.UTC().Format(time.RFC3339), Machine: describeMachine(), LoadBefore: loadAverage()}
 	e, cl, err := setupEnv(ctx, logf)
 	if err != nil {
 		fmt.Fprintln(stderr, "Error:", err)
@@ -229,7 +229,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	if want("webhook") {
 		step("webhook", func() (err error) { rep.Webhook, err = e.runWebhook(ctx, o); return err })
 	}
-	apfPart(ctx, want, step, e, o, stdout)
+	apfPart(ctx, want, step, e, o, rep)
 	// Last: it leaves 100,000 objects behind, which go with the control plane.
 	if want("memory") {
 		step("memory", func() (err error) { rep.Memory, err = e.runMemory(ctx, o); return err })
@@ -243,6 +243,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return exitSignal
 	}
 	rep.WallSeconds = time.Since(started).Seconds()
+	rep.LoadAfter = loadAverage()
 	rep.Targets = checkTargets(rep)
 
 	if o.markdown != "" {

@@ -27,7 +27,11 @@ func renderMarkdown(r *report, o *options) string {
 		{"Kubernetes", r.Machine.Kubernetes},
 	}))
 	p("The machine is shared: the CPU columns below show what each process used (in cores) and what *others* (other people's builds and tests) used during each run. ")
-	p("A run where others used much of the machine is slower in absolute terms; compare ratios within one run.\n\n")
+	p("A run where others used much of the machine is slower in absolute terms; compare ratios within one run.")
+	if r.LoadBefore != "" {
+		p(" Load average (1, 5, 15 min) when this run started: %s; when it ended: %s.", r.LoadBefore, r.LoadAfter)
+	}
+	p("\n\n")
 
 	if len(r.Targets) > 0 {
 		p("## Targets\n\n%s\n", targetsTable(r.Targets, true))
@@ -41,6 +45,11 @@ func renderMarkdown(r *report, o *options) string {
 		p("and approves them, %d rounds each in alternating order (the figures are the means; N in the table counts all rounds), ", a.Rounds)
 		p("the time of each Approved condition taken from a watch. kube-controller-manager's csrapproving gets %d CSRs (`-incumbent-n`): its rate is steady-state bound by its client, so fewer CSRs measure the same rate in less time. ", a.IncumbentN)
 		p("csrsigning is stopped during these runs. API requests are counted from kube-apiserver's `apiserver_request_total` (background of %.1f/s subtracted).\n\n", a.BackgroundRequestsPerSecond)
+		if a.Identity.Who != "" {
+			p("**Identities.** nodecsr-controller runs as the chart installs it: as `%s`, authenticated by a token of that ServiceAccount, with the chart's RBAC, its requests in FlowSchema `%s` at priority level `%s` (the chart's FlowSchema, `apf.enabled: true` by default), not as `system:masters`, which API Priority and Fairness exempts. ", a.Identity.Who, a.Identity.FlowSchema, a.Identity.PriorityLevel)
+			p("The bare loops run as the same ServiceAccount with the same token, so that the ratios between nodecsr and them compare code, not identities (the same authentication, authorization and priority level for every request). ")
+			p("kube-controller-manager's csrapproving runs as `system:kube-controller-manager` in `system:masters` (exempt); its own client limit of 20 QPS binds long before APF could.\n\n")
+		}
 		p("%s\n", approveTable(a, true))
 		p("Settings:\n\n")
 		for _, c := range approveContenders(a) {
@@ -51,13 +60,13 @@ func renderMarkdown(r *report, o *options) string {
 		for _, c := range approveContenders(a) {
 			row := []string{c.Name, requestBreakdown(c, c.N)}
 			if c.ReconcileMeanMillis > 0 {
-				row = append(row, fmt.Sprintf("%.1f ms", c.ReconcileMeanMillis), fmt.Sprintf("%.0f ms", c.QueueWaitMeanMillis))
+				row = append(row, fmt.Sprintf("%.1f ms", c.ReconcileMeanMillis), fmt.Sprintf("%.0f ms", c.QueueWaitMeanMillis), fmt.Sprintf("%.0f", c.GCCycles), fmt.Sprintf("%.2f ms", perDecisionMillis(c.CPU.Contender, c)))
 			} else {
-				row = append(row, "", "")
+				row = append(row, "", "", "", "")
 			}
 			rows = append(rows, row)
 		}
-		p("%s\n", table(true, []string{"contender", "requests per decision", "nodecsr reconcile mean", "nodecsr queue wait mean"}, rows))
+		p("%s\n", table(true, []string{"contender", "requests per decision", "nodecsr reconcile mean", "nodecsr queue wait mean", "nodecsr GC cycles (start to last decision)", "nodecsr CPU per decision"}, rows))
 		p("### What limits it\n\n%s\n", approveAnalysis(a))
 	}
 	if s := r.Storm; s != nil {
@@ -80,6 +89,12 @@ func renderMarkdown(r *report, o *options) string {
 			p("%s\n### What limits it\n\n%s\n", webhookTable(w, true), webhookAnalysis(w))
 		}
 	}
+	if a := r.APF; a != nil {
+		p("## API Priority and Fairness\n\n")
+		p("nodecsr-controller (defaults) installed by the chart twice, with its FlowSchema (`apf.enabled=true`: nodecsr's requests at workload-high, kube-controller-manager's level) and without it (`apf.enabled=false`: nodecsr in the service-accounts FlowSchema at workload-low), once with no other load and then beside a noisy tenant that holds every workload-low seat. ")
+		p("Each run approves %d pending kubelet client CSRs as in the approval part.\n\n", a.N)
+		p("%s\n", apfTable(a, true))
+	}
 	if m := r.Memory; m != nil {
 		p("## Memory\n\n")
 		p("nodecsr-controller with a policy that leaves the bench's CSRs pending (so they stay in its cache):\n\n```yaml\n%s```\n\n", m.Policy)
@@ -97,7 +112,7 @@ func renderMarkdown(r *report, o *options) string {
 	p("## Reproduce\n\n```sh\n")
 	p("make assets                      # etcd, kube-apiserver, kube-controller-manager %s from source (once)\n", r.Machine.Kubernetes)
 	p("make bench                       # = go run ./test/bench all -markdown BENCHMARKS.md\n")
-	p("go run ./test/bench approve -n 1000 -o json   # one part; every part: approve, storm, memory, webhook, requester\n")
+	p("go run ./test/bench approve -n 1000 -o json   # one part; every part: approve, storm, memory, webhook, requester, apf\n")
 	p("go run ./test/bench approve -variant 'qps2k=--kube-api-qps=2000 --kube-api-burst=4000'   # nodecsr with other flags\n")
 	p("go run ./test/bench memory -foreign-n 10000 -memory-env 'GOGC=50'   # smaller, and another Go runtime setting\n")
 	p("NODECSR_BENCH_PROFILE=/tmp/prof go test ./test/bench -run TestProfile -v -timeout 20m   # CPU and heap profiles of nodecsr in-process\n")
@@ -142,6 +157,11 @@ func approveAnalysis(a *approveResult) string {
 		p("In this run the limiter always had at least %.0f tokens left, so it did not set the pace: the latency of two requests one after another (and nodecsr's own work), times %d workers, did. A backlog that outlasts the burst would be held to %g decisions/s.\n", nc.LimiterMinHeadroom, defaults.MaxConcurrentReconciles, qps)
 	}
 	for _, v := range a.Variants {
+		if v.Name == "nodecsr-controller (gogc=100)" {
+			p("  - %s (the Go runtime's own pacing, which nodecsr-controller replaces unless GOGC is set: it lets the heap grow by at least 32 MiB between collections): %.0f/s, %.0f garbage collections per round instead of %.0f, %.2f ms of nodecsr CPU per decision instead of %.2f; CPU: %s.\n",
+				v.Name, v.RatePerSecond, v.GCCycles, nc.GCCycles, perDecisionMillis(v.CPU.Contender, v), perDecisionMillis(nc.CPU.Contender, nc), cpuCell(v))
+			continue
+		}
 		lim := "client limiter never short"
 		if v.LimiterBoundFrom > 0 {
 			lim = fmt.Sprintf("client limiter (%.0f/s) pacing from about decision %d", v.ClientQPS, v.LimiterBoundFrom)
@@ -171,14 +191,31 @@ func approveAnalysis(a *approveResult) string {
 				p("Both count: the three requests per decision (two of them etcd writes: the approval and the Event) cost the pattern loop %.0f%% of the bare loop's rate, and nodecsr's own time per reconcile (its checks, logging, a separate process competing for the same cores) costs the rest.\n", 100*(1-ratio(pt.RatePerSecond, bare.RatePerSecond)))
 			}
 		case strings.HasSuffix(pt.Name, string(patternAsyncEvent)):
-			p("- **The same with the Event written asynchronously** (by %d separate writers, so a worker makes two requests in a row: nodecsr's own request pattern, every Event still written) did %.0f/s, %.0f%% of the bare loop; nodecsr did %.0f%% of that (goal: 90%%). What is left between them is nodecsr's own work per decision (its checks, among them the CSR's signature, its watch of the CSRs, logging, a separate process competing for the same cores): %.2f ms of CPU in nodecsr per decision here.\n",
-				asyncEventWriters, pt.RatePerSecond, 100*ratio(pt.RatePerSecond, bare.RatePerSecond), 100*ratio(nc.RatePerSecond, pt.RatePerSecond), perDecisionMillis(nc.CPU.Contender, nc))
+			p("- **The same with the Event written asynchronously** (by %d separate writers, so a worker makes two requests in a row: nodecsr's own request pattern, every Event still written) did %.0f/s, %.0f%% of the bare loop; nodecsr did %.0f%% of that (goal: 90%%). What is left between them is nodecsr's own work per decision (its checks, among them the CSR's signature, its watch of the CSRs, logging, garbage collection, a separate process competing for the same cores): %.2f ms of CPU in nodecsr per decision here, with %.0f garbage collections per round; the API server and etcd spent %.2f ms per decision in nodecsr's runs and %.2f ms in the pattern loop's.\n",
+				asyncEventWriters, pt.RatePerSecond, 100*ratio(pt.RatePerSecond, bare.RatePerSecond), 100*ratio(nc.RatePerSecond, pt.RatePerSecond), perDecisionMillis(nc.CPU.Contender, nc), nc.GCCycles,
+				perDecisionMillis(nc.CPU.APIServer+nc.CPU.Etcd, nc), perDecisionMillis(pt.CPU.APIServer+pt.CPU.Etcd, pt))
+			if len(nc.RoundOthers) > 1 {
+				p("  Round by round (the pattern loop runs right before nodecsr, and right after it in reversed rounds): nodecsr %s; the pattern loop %s. A round where others used more of the machine is slower.\n", roundsCell(nc), roundsCell(pt))
+			}
+		case strings.HasSuffix(pt.Name, string(patternPatchAsyncEvent)):
+			p("- **The same with the approval written as a merge patch** (only the condition and the resourceVersion sent, instead of the whole CSR) did %.0f/s, %.0f%% of the loop that sends the whole CSR in the same run.\n",
+				pt.RatePerSecond, 100*ratio(pt.RatePerSecond, patternRate(a, patternAsyncEvent)))
 		case strings.HasSuffix(pt.Name, string(patternNoEvent)):
 			p("- **The same without an Event** (a SubjectAccessReview and the approval, kube-controller-manager's own pattern) did %.0f/s, %.0f%% of the bare loop: the ceiling if approvals were recorded by their condition, log line and metric only.\n",
 				pt.RatePerSecond, 100*ratio(pt.RatePerSecond, bare.RatePerSecond))
 		}
 	}
 	return b.String()
+}
+
+// patternRate is the rate of the bare loop with pattern pat (0 if it did not run).
+func patternRate(a *approveResult, pat pattern) float64 {
+	for _, pt := range a.Patterns {
+		if strings.HasSuffix(pt.Name, ": "+string(pat)) {
+			return pt.RatePerSecond
+		}
+	}
+	return 0
 }
 
 func stormAnalysis(r *report) string {

@@ -30,6 +30,9 @@ import (
 //   - cpu.pprof: a CPU profile of the whole test process while nodecsr
 //     starts and approves NODECSR_BENCH_PROFILE_N (default 2000) pending
 //     CSRs, with the default policy;
+//   - allocs-before.pprof and allocs.pprof: the allocations so far, before
+//     nodecsr starts and once it approved them (what the approvals allocated:
+//     go tool pprof -sample_index=alloc_space -base allocs-before.pprof allocs.pprof);
 //   - heap.pprof: a heap profile after a GC with NODECSR_BENCH_PROFILE_PENDING
 //     (default 10000) kubelet client CSRs left pending in nodecsr's cache,
 //     after a reload of a policy that leaves them pending.
@@ -111,6 +114,18 @@ func TestProfile(t *testing.T) {
 	if err := e.createCSRs(ctx, ids, 32); err != nil {
 		t.Fatal(err)
 	}
+	writeHeap := func(name string) {
+		t.Helper()
+		f, err := os.Create(filepath.Join(out, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer func() { _ = f.Close() }()
+		if err := pprof.Lookup("allocs").WriteTo(f, 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	writeHeap("allocs-before.pprof")
 	cpuFile, err := os.Create(filepath.Join(out, "cpu.pprof"))
 	if err != nil {
 		t.Fatal(err)
@@ -128,6 +143,7 @@ func TestProfile(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	writeHeap("allocs.pprof")
 	t.Logf("approved %d CSRs in %s (%.0f/s) in-process", n, elapsed, float64(n)/elapsed.Seconds())
 	if err := e.cleanupGroup(ctx, group); err != nil {
 		t.Fatal(err)

@@ -26,6 +26,11 @@ type report struct {
 	Requester *requesterResult `json:"requester,omitempty"`
 	Webhook   *webhookResult   `json:"webhook,omitempty"`
 	Memory    *memoryResult    `json:"memory,omitempty"`
+	APF       *apfResult       `json:"apf,omitempty"`
+	// LoadBefore and LoadAfter are /proc/loadavg when the run started and
+	// ended: the machine is shared, a loaded one makes a slow run.
+	LoadBefore string `json:"loadBefore,omitempty"`
+	LoadAfter  string `json:"loadAfter,omitempty"`
 
 	Targets      []target `json:"targets"`
 	Errors       []string `json:"errors,omitempty"`
@@ -39,6 +44,19 @@ type machine struct {
 	Kernel     string `json:"kernel"`
 	GoVersion  string `json:"goVersion"`
 	Kubernetes string `json:"kubernetes"`
+}
+
+// loadAverage is the first three fields of /proc/loadavg ("" if unreadable).
+func loadAverage() string {
+	data, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return ""
+	}
+	f := strings.Fields(string(data))
+	if len(f) < 3 {
+		return ""
+	}
+	return strings.Join(f[:3], " ")
 }
 
 func clusterVersion() string { return cluster.KubeVersion }

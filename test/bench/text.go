@@ -26,6 +26,9 @@ func renderText(r *report) string {
 			b.WriteString(webhookAnalysis(w) + "\n")
 		}
 	}
+	if a := r.APF; a != nil {
+		b.WriteString(apfTable(a, false) + "\n")
+	}
 	if m := r.Memory; m != nil {
 		b.WriteString(memoryTable(m, false) + "\n" + memoryAnalysis(m) + "\n")
 	}
@@ -36,7 +39,7 @@ func renderText(r *report) string {
 	for _, e := range r.Errors {
 		fmt.Fprintf(&b, "ERROR: %s\n", e)
 	}
-	fmt.Fprintf(&b, "wall time: %.0f s\n", r.WallSeconds)
+	fmt.Fprintf(&b, "wall time: %.0f s; load average before: %s, after: %s\n", r.WallSeconds, r.LoadBefore, r.LoadAfter)
 	return b.String()
 }
 
@@ -99,7 +102,7 @@ func approveTable(a *approveResult, md bool) string {
 		for _, c := range all {
 			out += fmt.Sprintf("  %s: %s\n", c.Name, requestBreakdown(c, c.N))
 			if c.ReconcileMeanMillis > 0 {
-				out += fmt.Sprintf("    reconcile mean %.1f ms, queue wait mean %.0f ms, client requests per decision %.2f\n", c.ReconcileMeanMillis, c.QueueWaitMeanMillis, c.ClientRequestsPerDecision)
+				out += fmt.Sprintf("    reconcile mean %.1f ms, queue wait mean %.0f ms, client requests per decision %.2f, %.0f Go GC cycles from start to the last decision, %.2f ms of CPU per decision\n", c.ReconcileMeanMillis, c.QueueWaitMeanMillis, c.ClientRequestsPerDecision, c.GCCycles, perDecisionMillis(c.CPU.Contender, c))
 			}
 		}
 	}
@@ -248,8 +251,18 @@ func cpuCell(c contenderResult) string {
 	if u.Contender == 0 {
 		bench = 0 // the contender runs inside the bench
 	}
-	others := max(0, u.Machine-contenderCores(c)-u.APIServer-u.Etcd-bench)
-	return fmt.Sprintf("%.2f / %.2f / %.2f / %.2f / %.2f (of %d)", contenderCores(c), u.APIServer, u.Etcd, bench, others, u.Cores)
+	return fmt.Sprintf("%.2f / %.2f / %.2f / %.2f / %.2f (of %d)", contenderCores(c), u.APIServer, u.Etcd, bench, othersCores(c), u.Cores)
+}
+
+// othersCores is the CPU that processes other than the contender, the
+// control plane and the bench used during the run (other people's work).
+func othersCores(c contenderResult) float64 {
+	u := c.CPU
+	bench := u.Bench
+	if u.Contender == 0 {
+		bench = 0 // the contender runs inside the bench
+	}
+	return max(0, u.Machine-contenderCores(c)-u.APIServer-u.Etcd-bench)
 }
 
 // rateCell is the mean decision rate, with each round's in parentheses.
@@ -263,4 +276,15 @@ func rateCell(c contenderResult) string {
 		out += " (" + strings.Join(rs, ", ") + ")"
 	}
 	return out
+}
+
+// roundsCell is each round's rate with the cores others used meanwhile.
+func roundsCell(c contenderResult) string {
+	var rs []string
+	for i, r := range c.RoundRates {
+		if i < len(c.RoundOthers) {
+			rs = append(rs, fmt.Sprintf("%.0f/s (others %.2f cores)", r, c.RoundOthers[i]))
+		}
+	}
+	return strings.Join(rs, ", ")
 }

@@ -43,6 +43,8 @@ type Options struct {
 	MetricsBindAddress string
 	// HealthProbeBindAddress serves /healthz and /readyz ("0" turns it off).
 	HealthProbeBindAddress string
+	// PprofBindAddress serves Go's /debug/pprof ("" or "0": off, the default).
+	PprofBindAddress string
 
 	// PodName and PodNamespace identify this replica (Events, leader election);
 	// the chart sets them from the downward API.
@@ -129,6 +131,7 @@ func (o *Options) AddFlags(fs *pflag.FlagSet) {
 	fs.DurationVar(&o.RetryPeriod, "leader-election-retry-period", o.RetryPeriod, "How often candidates try to acquire or renew the Lease.")
 	fs.StringVar(&o.MetricsBindAddress, "metrics-bind-address", o.MetricsBindAddress, "Address of the /metrics endpoint; 0 turns it off.")
 	fs.StringVar(&o.HealthProbeBindAddress, "health-probe-bind-address", o.HealthProbeBindAddress, "Address of /healthz and /readyz; 0 turns them off.")
+	fs.StringVar(&o.PprofBindAddress, "pprof-bind-address", o.PprofBindAddress, "Address of Go's /debug/pprof profiles (for example 127.0.0.1:6060); empty or 0 turns them off.")
 	fs.StringVar(&o.PodName, "pod-name", o.PodName, "Name of this pod (default $POD_NAME); Events about nodecsr itself refer to it, and it holds the leader-election Lease.")
 	fs.StringVar(&o.PodNamespace, "pod-namespace", o.PodNamespace, "Namespace of this pod (default $POD_NAMESPACE).")
 	fs.StringVar(&o.EventsNamespace, "events-namespace", o.EventsNamespace, "Namespace for Events about CSRs (cluster-scoped objects).")

@@ -146,6 +146,7 @@ func Run(ctx context.Context, o *Options) error {
 // it to run nodecsr-controller in-process.
 func RunWithConfig(ctx context.Context, o *Options, cfg *rest.Config) error {
 	log := ctrl.Log.WithName("nodecsr")
+	startGCTuner(log)
 	scheme := runtime.NewScheme()
 	if err := clientgoscheme.AddToScheme(scheme); err != nil {
 		return err
@@ -232,6 +233,7 @@ func RunWithConfig(ctx context.Context, o *Options, cfg *rest.Config) error {
 		Cache:                               approver.CacheOptions(serving),
 		Metrics:                             metricsserver.Options{BindAddress: o.MetricsBindAddress},
 		HealthProbeBindAddress:              o.HealthProbeBindAddress,
+		PprofBindAddress:                    o.PprofBindAddress,
 		LeaderElection:                      o.LeaderElect,
 		LeaderElectionID:                    o.LeaderElectionID,
 		LeaderElectionNamespace:             o.leaderElectionNamespace(),
