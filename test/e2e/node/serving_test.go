@@ -28,9 +28,12 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/kubernetes"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 
+	nodecsrv1alpha1 "github.com/nodecsr/nodecsr/api/v1alpha1"
 	"github.com/nodecsr/nodecsr/approver"
 	"github.com/nodecsr/nodecsr/internal/testpki"
 	"github.com/nodecsr/nodecsr/test/cluster"
@@ -187,6 +190,8 @@ func TestKubeletServingCertificate(t *testing.T) {
 	}
 	t.Logf("renewed: the kubelet serves %x (until %s) from CSR %s in place of %x (until %s)",
 		renewed.SerialNumber, renewed.NotAfter.Format(time.TimeOnly), renewal.Name, cert1.SerialNumber, cert1.NotAfter.Format(time.TimeOnly))
+
+	assertServingInInventory(ctx, t, tn, renewed, renewal.Name)
 
 	stopPod(ctx, t, admin, pod)
 	tn.finish(t)
@@ -628,4 +633,43 @@ func TestNodeNetworkNamespace(t *testing.T) {
 		t.Fatalf("the node's address %s still answers after Delete", inside.Addr())
 	}
 	t.Logf("after Delete: no process in the namespace (inode %d), no %s, no address of %s, no mount", ns.Inode(), ns.HostLink(), ns.Subnet())
+}
+
+// assertServingInInventory waits until the node's NodeCertificate (the
+// inventory the nodecsr Pod keeps) records the serving certificate the
+// kubelet serves, issued from CSR csrName.
+func assertServingInInventory(ctx context.Context, t *testing.T, tn *testNode, served *x509.Certificate, csrName string) {
+	t.Helper()
+	scheme := runtime.NewScheme()
+	if err := nodecsrv1alpha1.AddToScheme(scheme); err != nil {
+		t.Fatal(err)
+	}
+	kc, err := client.New(tn.c.AdminConfig(), client.Options{Scheme: scheme})
+	if err != nil {
+		t.Fatal(err)
+	}
+	serial := strings.ToUpper(served.SerialNumber.Text(16))
+	var entry nodecsrv1alpha1.NodeCertificate
+	var last string
+	err = wait.PollUntilContextCancel(ctx, 200*time.Millisecond, true, func(ctx context.Context) (bool, error) {
+		if err := kc.Get(ctx, client.ObjectKey{Name: nodeName}, &entry); err != nil {
+			last = err.Error()
+			return false, client.IgnoreNotFound(err)
+		}
+		s := entry.Status.Serving
+		if s == nil {
+			last = "no serving record"
+			return false, nil
+		}
+		last = fmt.Sprintf("serving record %s from CSR %s", s.SerialNumber, s.CSRName)
+		return s.SerialNumber == serial && s.CSRName == csrName, nil
+	})
+	if err != nil {
+		t.Fatalf("NodeCertificate %s never recorded the served certificate %s from CSR %s (last: %s): %v", nodeName, serial, csrName, last, err)
+	}
+	s := entry.Status.Serving
+	if s.SignerName != certificatesv1.KubeletServingSignerName || !s.NotAfter.Time.Equal(served.NotAfter) || s.Requester != "system:node:"+nodeName {
+		t.Errorf("NodeCertificate %s serving record %+v does not describe the served certificate (until %s)", nodeName, *s, served.NotAfter)
+	}
+	t.Logf("the inventory records the served certificate: NodeCertificate %s serving %s, CSR %s, until %s, renew after %s", nodeName, s.SerialNumber, s.CSRName, s.NotAfter.UTC().Format(time.RFC3339), s.RenewAfter.UTC().Format(time.RFC3339))
 }
