@@ -317,6 +317,18 @@ func (c *Controller) Stop(ctx context.Context) error {
 	return nil
 }
 
+// Poll polls cond every 50 ms until it is done or the test's deadline nears
+// (testutil.Poll); a controller that has exited by itself ends it at once.
+func (c *Controller) Poll(t testing.TB, cond func(context.Context) (bool, error)) error {
+	t.Helper()
+	return testutil.Poll(t, 50*time.Millisecond, func(ctx context.Context) (bool, error) {
+		if err := c.Err(); err != nil {
+			return false, err
+		}
+		return cond(ctx)
+	})
+}
+
 // Err is not nil once the process has exited without being stopped.
 func (c *Controller) Err() error {
 	c.mu.Lock()

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -277,4 +278,20 @@ func Group(name string) rbacv1.Subject {
 // User is an RBAC subject for a user.
 func User(name string) rbacv1.Subject {
 	return rbacv1.Subject{Kind: rbacv1.UserKind, APIGroup: rbacv1.GroupName, Name: name}
+}
+
+// CreateCSR files csr with the requester's client. The fields the API
+// server sets (username, groups, UID) are cleared, and a CSR without a name,
+// or with a fixture's "csr-" name, gets a unique one with the prefix.
+func CreateCSR(t testing.TB, requester kubernetes.Interface, prefix string, csr *certificatesv1.CertificateSigningRequest) *certificatesv1.CertificateSigningRequest {
+	t.Helper()
+	csr.Spec.Username, csr.Spec.Groups, csr.Spec.UID = "", nil, ""
+	if csr.Name == "" || strings.HasPrefix(csr.Name, "csr-") {
+		csr.Name = UniqueName(prefix)
+	}
+	created, err := requester.CertificatesV1().CertificateSigningRequests().Create(t.Context(), csr, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatalf("create CSR %s: %v", csr.Name, err)
+	}
+	return created
 }

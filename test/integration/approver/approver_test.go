@@ -87,26 +87,13 @@ func nodeClient(t *testing.T, node string) kubernetes.Interface {
 // (testutil.Poll); a nodecsr-controller that has died ends it at once.
 func poll(t *testing.T, cond func(context.Context) (bool, error)) error {
 	t.Helper()
-	return testutil.Poll(t, 50*time.Millisecond, func(ctx context.Context) (bool, error) {
-		if err := ctl.Err(); err != nil {
-			return false, err
-		}
-		return cond(ctx)
-	})
+	return ctl.Poll(t, cond)
 }
 
 // create files csr with the requester's client.
 func create(t *testing.T, requester kubernetes.Interface, csr *certificatesv1.CertificateSigningRequest) *certificatesv1.CertificateSigningRequest {
 	t.Helper()
-	csr.Spec.Username, csr.Spec.Groups, csr.Spec.UID = "", nil, "" // set by the API server
-	if csr.Name == "" || strings.HasPrefix(csr.Name, "csr-") {
-		csr.Name = uniqueName("it")
-	}
-	created, err := requester.CertificatesV1().CertificateSigningRequests().Create(t.Context(), csr, metav1.CreateOptions{})
-	if err != nil {
-		t.Fatalf("create CSR: %v", err)
-	}
-	return created
+	return env.CreateCSR(t, requester, "it", csr)
 }
 
 // decision waits for nodecsr's condition on the CSR.
