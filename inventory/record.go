@@ -137,7 +137,9 @@ func leafCertificate(data []byte) (*x509.Certificate, error) {
 
 // Newer reports whether a is a newer certificate than b: a later NotBefore,
 // or the same NotBefore and a later NotAfter (as approver.ExpiryTracker
-// orders them). A nil b is older than anything.
+// orders them); for another certificate of the same validity, a renewal
+// beats a bootstrap, then the later observed wins. A nil b is older than
+// anything.
 func Newer(a, b *nodecsrv1alpha1.CertificateRecord) bool {
 	if b == nil {
 		return a != nil
@@ -148,7 +150,20 @@ func Newer(a, b *nodecsrv1alpha1.CertificateRecord) bool {
 	if !a.NotBefore.Equal(&b.NotBefore) {
 		return a.NotBefore.After(b.NotBefore.Time)
 	}
-	return a.NotAfter.After(b.NotAfter.Time)
+	if !a.NotAfter.Equal(&b.NotAfter) {
+		return a.NotAfter.After(b.NotAfter.Time)
+	}
+	if a.SerialNumber == b.SerialNumber {
+		return false
+	}
+	// Two certificates issued within one second (the validity's
+	// resolution), as when a node bootstraps and at once renews: a renewal
+	// is authenticated by an earlier certificate, so it is the newer; else
+	// the one seen later.
+	if ar, br := a.Path == nodecsrv1alpha1.PathRenewal, b.Path == nodecsrv1alpha1.PathRenewal; ar != br {
+		return ar
+	}
+	return a.ObservedTime.After(b.ObservedTime.Time)
 }
 
 // Residual is a certificate's time left as kubeadm certs check-expiration

@@ -150,6 +150,18 @@ func TestNewer(t *testing.T) {
 		"anything beats nothing":      {base, nil, true},
 		"nothing beats nothing":       {nil, nil, false},
 		"nothing is not newer":        {nil, base, false},
+		"same second, renewal after bootstrap": {
+			withPath(rec(t0, t0.Add(time.Hour)), "B", nodecsrv1alpha1.PathRenewal, t0),
+			withPath(rec(t0, t0.Add(time.Hour)), "A", nodecsrv1alpha1.PathBootstrap, t0.Add(time.Second)), true},
+		"same second, bootstrap not after renewal": {
+			withPath(rec(t0, t0.Add(time.Hour)), "A", nodecsrv1alpha1.PathBootstrap, t0.Add(time.Second)),
+			withPath(rec(t0, t0.Add(time.Hour)), "B", nodecsrv1alpha1.PathRenewal, t0), false},
+		"same second, both renewals, seen later": {
+			withPath(rec(t0, t0.Add(time.Hour)), "B", nodecsrv1alpha1.PathRenewal, t0.Add(time.Second)),
+			withPath(rec(t0, t0.Add(time.Hour)), "A", nodecsrv1alpha1.PathRenewal, t0), true},
+		"same serial": {
+			withPath(rec(t0, t0.Add(time.Hour)), "A", nodecsrv1alpha1.PathRenewal, t0.Add(time.Second)),
+			withPath(rec(t0, t0.Add(time.Hour)), "A", nodecsrv1alpha1.PathBootstrap, t0), false},
 	}
 	for name, tc := range tests {
 		if got := Newer(tc.a, tc.b); got != tc.want {
@@ -258,4 +270,9 @@ func TestMergeNewerWins(t *testing.T) {
 	if !sameStatus(&cur, &same) || !same.ObservedTime.Equal(&observed) {
 		t.Fatalf("nothing changed but the status did: %+v", same)
 	}
+}
+
+func withPath(r *nodecsrv1alpha1.CertificateRecord, serial string, path string, observed time.Time) *nodecsrv1alpha1.CertificateRecord {
+	r.SerialNumber, r.Path, r.ObservedTime = serial, path, metav1.NewTime(observed)
+	return r
 }
