@@ -12,6 +12,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -146,10 +147,13 @@ func run(ctx context.Context, keep bool, nodes int) (err error) {
 	if err := d.events(ctx); err != nil {
 		return err
 	}
+	if err := d.inventory(ctx, workers); err != nil {
+		return err
+	}
 	fmt.Fprintf(d.out, "\nDemo finished in %s.\n", time.Since(start).Round(100*time.Millisecond))
 
 	if keep {
-		fmt.Fprintf(d.out, "\nThe cluster keeps running. In another shell:\n\n  export KUBECONFIG=%s\n  kubectl get csr\n  kubectl get events -n default --field-selector involvedObject.kind=CertificateSigningRequest\n  curl -s http://%s/metrics | grep ^nodecsr_\n\nPress Ctrl-C to stop.\n",
+		fmt.Fprintf(d.out, "\nThe cluster keeps running. In another shell:\n\n  export KUBECONFIG=%s\n  kubectl get csr\n  kubectl get events -n default --field-selector involvedObject.kind=CertificateSigningRequest\n  kubectl get nodecertificates -o wide\n  curl -s http://%s/metrics | grep ^nodecsr_\n\nPress Ctrl-C to stop.\n",
 			d.c.AdminKubeconfig(), controller.metricsAddr)
 		<-ctx.Done()
 	}
@@ -213,6 +217,9 @@ func (d *demo) startController(ctx context.Context) (*controllerProcess, error) 
 		"--webhook-cert-dir", certDir, "--webhook-host", "127.0.0.1", "--webhook-port", strconv.Itoa(ports[0]),
 		"--metrics-bind-address", p.metricsAddr,
 		"--health-probe-bind-address", "127.0.0.1:"+strconv.Itoa(ports[2]),
+		// The inventory coalesces each node's writes; a short interval
+		// shows the renewals' entries within the demo's few seconds.
+		"--inventory-interval", "1s",
 	)
 	p.cmd.Stdout, p.cmd.Stderr = logFile, logFile
 	if err := cluster.Spawn(p.cmd); err != nil {
@@ -498,4 +505,77 @@ func (d *demo) events(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// inventory waits until the NodeCertificate of every node records the
+// certificate of its renewal, then prints them as kubectl get
+// nodecertificates does: the Table the API server renders from the CRD's
+// printer columns.
+func (d *demo) inventory(ctx context.Context, nodes []string) error {
+	// The inventory writes within a second or two; a demo that waits
+	// minutes says what it waited for instead of hanging.
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	var table metav1.Table
+	var last error
+	err := wait.PollUntilContextCancel(ctx, 200*time.Millisecond, true, func(ctx context.Context) (bool, error) {
+		raw, err := d.admin.Discovery().RESTClient().Get().AbsPath("/apis/nodecsr.io/v1alpha1/nodecertificates").Param("includeObject", "Object").
+			SetHeader("Accept", "application/json;as=Table;v=v1;g=meta.k8s.io").Do(ctx).Raw()
+		if err != nil {
+			if ctx.Err() == nil {
+				last = err
+			}
+			return false, nil
+		}
+		table = metav1.Table{}
+		if err := json.Unmarshal(raw, &table); err != nil {
+			return false, err
+		}
+		renewed := map[string]bool{}
+		for _, row := range table.Rows {
+			// The renewal is the newest certificate: its path is Renewal.
+			var nc struct {
+				Metadata metav1.ObjectMeta `json:"metadata"`
+				Status   struct {
+					Client *struct {
+						Path string `json:"path"`
+					} `json:"client"`
+				} `json:"status"`
+			}
+			if err := json.Unmarshal(row.Object.Raw, &nc); err == nil && nc.Status.Client != nil && nc.Status.Client.Path == "Renewal" {
+				renewed[nc.Metadata.Name] = true
+			}
+		}
+		for _, n := range nodes {
+			if !renewed[n] {
+				last = fmt.Errorf("node %s has no entry for its renewal yet", n)
+				return false, nil
+			}
+		}
+		return true, nil
+	})
+	if err != nil {
+		return fmt.Errorf("the inventory did not record every renewal: %v (last: %v)", err, last)
+	}
+	fmt.Fprintln(d.out, "\nkubectl get nodecertificates (the inventory: one entry per node, kept when the CSRs are gone):")
+	tw := tabwriter.NewWriter(d.out, 0, 0, 2, ' ', 0)
+	var cols []int
+	var head []string
+	for i, c := range table.ColumnDefinitions {
+		if c.Priority == 0 {
+			cols = append(cols, i)
+			head = append(head, strings.ToUpper(c.Name))
+		}
+	}
+	fmt.Fprintln(tw, "  "+strings.Join(head, "\t"))
+	for _, row := range table.Rows {
+		cells := make([]string, 0, len(cols))
+		for _, i := range cols {
+			if i < len(row.Cells) {
+				cells = append(cells, fmt.Sprint(row.Cells[i]))
+			}
+		}
+		fmt.Fprintln(tw, "  "+strings.Join(cells, "\t"))
+	}
+	return tw.Flush()
 }
