@@ -7,6 +7,7 @@ import (
 	"sync"
 	"time"
 
+	"golang.org/x/time/rate"
 	certificatesv1 "k8s.io/api/certificates/v1"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
@@ -31,6 +32,8 @@ const (
 	DefaultUnregisteredGrace = 24 * time.Hour
 	DefaultHeartbeatFresh    = 2 * time.Minute
 	DefaultOverdueRecheck    = time.Minute
+	DefaultWriteQPS          = 10
+	DefaultWriteBurst        = 20
 	defaultWorkers           = 4
 	// staleRecheckFactor spaces the rechecks of an entry past its rotation
 	// window whose node does not heartbeat.
@@ -74,6 +77,13 @@ type Controller struct {
 
 	// Interval is the least time between two writes of one node's entry.
 	Interval time.Duration
+	// WriteQPS and WriteBurst bound the inventory's write passes across
+	// all nodes (a pass is at most a create, an owner-reference update and
+	// a status write; default 10 per second, burst 20): in a storm of new nodes
+	// the API server's time goes to the approvals first, and the entries
+	// follow (the certificates wait in memory, coalesced per node).
+	WriteQPS   float64
+	WriteBurst int
 	// UnregisteredGrace is how long an entry whose name never registered a
 	// Node is kept after its newest certificate was seen.
 	UnregisteredGrace time.Duration
@@ -89,7 +99,8 @@ type Controller struct {
 
 	queue workqueue.TypedRateLimitingInterface[string]
 
-	mu sync.Mutex
+	writes *rate.Limiter
+	mu     sync.Mutex
 	// pending holds issued certificates seen and not yet written.
 	pending map[string]*pending
 	// lastWrite is when each node's entry was last written.
@@ -124,6 +135,13 @@ func (c *Controller) defaults() {
 	if c.Workers <= 0 {
 		c.Workers = defaultWorkers
 	}
+	if c.WriteQPS <= 0 {
+		c.WriteQPS = DefaultWriteQPS
+	}
+	if c.WriteBurst <= 0 {
+		c.WriteBurst = DefaultWriteBurst
+	}
+	c.writes = rate.NewLimiter(rate.Limit(c.WriteQPS), c.WriteBurst)
 }
 
 // SetupWithManager checks that the NodeCertificate API is served, registers
@@ -361,6 +379,9 @@ func (c *Controller) sync(ctx context.Context, name string) (time.Duration, erro
 
 	wrote := false
 	for attempt := 0; ; attempt++ {
+		if err := c.writes.Wait(ctx); err != nil {
+			return 0, err
+		}
 		status := merge(nc.Status, &p, now)
 		if !exists {
 			nc = &nodecsrv1alpha1.NodeCertificate{ObjectMeta: metav1.ObjectMeta{Name: name}}
