@@ -128,23 +128,19 @@ func create(t *testing.T, requester kubernetes.Interface, csr *certificatesv1.Ce
 // issued waits until the CSR is signed and returns it.
 func issued(t *testing.T, name string) *certificatesv1.CertificateSigningRequest {
 	t.Helper()
-	var got *certificatesv1.CertificateSigningRequest
-	err := poll(t, func(ctx context.Context) (bool, error) {
-		var err error
-		got, err = admin.CertificatesV1().CertificateSigningRequests().Get(ctx, name, metav1.GetOptions{})
-		if err != nil {
-			return false, err
-		}
-		return len(got.Status.Certificate) > 0, nil
+	return waitCSR(t, name, "issued (approved by nodecsr and signed)", func(csr *certificatesv1.CertificateSigningRequest) bool {
+		return len(csr.Status.Certificate) > 0
 	})
-	if err != nil {
-		t.Fatalf("CSR %s was not issued (approved by nodecsr and signed): %v", name, err)
-	}
-	return got
 }
 
 // approved waits until the CSR has an Approved condition.
 func approved(t *testing.T, name string) *certificatesv1.CertificateSigningRequest {
+	t.Helper()
+	return waitCSR(t, name, "approved", env.HasApproved)
+}
+
+// waitCSR waits until the CSR satisfies done and returns it.
+func waitCSR(t *testing.T, name, what string, done func(*certificatesv1.CertificateSigningRequest) bool) *certificatesv1.CertificateSigningRequest {
 	t.Helper()
 	var got *certificatesv1.CertificateSigningRequest
 	err := poll(t, func(ctx context.Context) (bool, error) {
@@ -153,10 +149,10 @@ func approved(t *testing.T, name string) *certificatesv1.CertificateSigningReque
 		if err != nil {
 			return false, err
 		}
-		return env.HasApproved(got), nil
+		return done(got), nil
 	})
 	if err != nil {
-		t.Fatalf("CSR %s was not approved: %v", name, err)
+		t.Fatalf("CSR %s was not %s: %v", name, what, err)
 	}
 	return got
 }
