@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"time"
+
+	"github.com/nodecsr/nodecsr/inventory"
 )
 
 // stormInventory is what the NodeCertificate inventory cost in a storm.
@@ -53,7 +55,12 @@ func approvalsPerSecond(s *stormResult) float64 {
 // the controller has nothing left to write, then reads its write counters.
 func (e *env) waitInventory(ctx context.Context, c *controller, group string, n int, inv *stormInventory) error {
 	start := time.Now()
-	ctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
+	// Every storm node is new: its entry is a create and a status write,
+	// and the inventory makes at most inventory.DefaultWriteQPS write
+	// passes a second (csrsigning's 20 QPS paces the certificates before
+	// that). The bound allows twice that, plus csrsigning's time.
+	limit := 2*time.Minute + 2*time.Duration(float64(n)/inventory.DefaultWriteQPS*float64(time.Second)) + time.Duration(n)*50*time.Millisecond
+	ctx, cancel := context.WithTimeout(ctx, limit)
 	defer cancel()
 	for {
 		issued := 0
