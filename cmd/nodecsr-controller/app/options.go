@@ -89,10 +89,14 @@ func NewOptions() *Options {
 		// A decision costs three requests (SubjectAccessReview, approval,
 		// Event); the API server's priority and fairness, not a small client
 		// limit, is what protects it (see BENCHMARKS.md).
-		KubeAPIQPS:               1000,
-		KubeAPIBurst:             2000,
-		PolicyReloadInterval:     5 * time.Second,
-		MaxConcurrentReconciles:  64,
+		KubeAPIQPS:           1000,
+		KubeAPIBurst:         2000,
+		PolicyReloadInterval: 5 * time.Second,
+		// A reconcile waits for two requests in a row (the
+		// SubjectAccessReview, then the approval): at 64 a saturating
+		// backlog left the API server's cores partly idle, at 128 it did
+		// not (BENCHMARKS.md, the workers= variants).
+		MaxConcurrentReconciles:  128,
 		LeaderElectionID:         "nodecsr-controller",
 		LeaseDuration:            15 * time.Second,
 		RenewDeadline:            10 * time.Second,
