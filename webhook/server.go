@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/http"
 	"path/filepath"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -44,12 +45,25 @@ type ServerOptions struct {
 	// resets can exhaust a server (CVE-2023-44487, CVE-2023-39325), and the
 	// API server talks HTTP/1.1 to webhooks just as well.
 	EnableHTTP2 bool
+	// DrainDelay is how long the server keeps answering once it is told
+	// to stop (Drain, or the end of Start's context, whichever is first):
+	// every response in that time carries "Connection: close" and
+	// ReadyCheck fails, so the API server's kept-alive connections are
+	// closed after their current request and its next call opens a new
+	// connection, which the Service sends to a replica that is not
+	// stopping. Without it, a call that the API server sent on an idle
+	// connection just as the server closed it fails with EOF (and, with
+	// failurePolicy Ignore, is admitted unchecked). 0: stop at once.
+	DrainDelay time.Duration
 }
 
 // Validate reports what is wrong with the options.
 func (o *ServerOptions) Validate() error {
 	if o.CertDir == "" {
 		return errors.New("webhook server: a certificate directory is required")
+	}
+	if o.DrainDelay < 0 {
+		return fmt.Errorf("webhook server: drain delay must not be negative, got %s", o.DrainDelay)
 	}
 	if o.Port < 0 || o.Port > 65535 {
 		return fmt.Errorf("webhook server: port must be between 1 and 65535, got %d", o.Port)
@@ -70,6 +84,15 @@ type Server struct {
 
 	certPath, keyPath string
 	watcher           atomic.Pointer[certwatcher.CertWatcher]
+
+	drainDelay time.Duration
+	drainOnce  sync.Once
+	// drained is closed DrainDelay after Drain was first called.
+	drained  chan struct{}
+	draining atomic.Bool
+	// afterDrain returns a channel that fires after d (time.After; a test
+	// replaces it).
+	afterDrain func(d time.Duration) <-chan time.Time
 }
 
 var _ ctrlwebhook.Server = (*Server)(nil)
@@ -92,6 +115,10 @@ func NewServer(o ServerOptions) (*Server, error) {
 	s := &Server{
 		certPath: filepath.Join(o.CertDir, o.CertName),
 		keyPath:  filepath.Join(o.CertDir, o.KeyName),
+
+		drainDelay: o.DrainDelay,
+		drained:    make(chan struct{}),
+		afterDrain: time.After,
 	}
 	http2 := o.EnableHTTP2
 	s.Server = ctrlwebhook.NewServer(ctrlwebhook.Options{
@@ -109,19 +136,62 @@ func NewServer(o ServerOptions) (*Server, error) {
 	return s, nil
 }
 
-// Start loads the certificate, watches it, and serves until ctx is done.
-// It returns once both the server and the certificate watch have stopped.
+// Start loads the certificate, watches it, and serves until ctx is done
+// and the drain (DrainDelay after Drain, which the end of ctx calls if
+// nothing did before) is over. It returns once both the server and the
+// certificate watch have stopped.
 func (s *Server) Start(ctx context.Context) error {
-	ctx, cancel := context.WithCancel(ctx)
+	serving, stop := context.WithCancel(context.WithoutCancel(ctx))
+	defer stop()
+	go func() {
+		select {
+		case <-ctx.Done():
+			s.Drain()
+		case <-serving.Done():
+			return
+		}
+		select {
+		case <-s.drained:
+		case <-serving.Done():
+		}
+		stop()
+	}()
 	watched := make(chan struct{})
 	go func() {
 		defer close(watched)
-		s.watchCertificate(ctx)
+		s.watchCertificate(serving)
 	}()
-	err := s.Server.Start(ctx)
-	cancel()
+	err := s.Server.Start(serving)
+	stop()
 	<-watched
 	return err
+}
+
+// Drain starts the drain: from now on every response closes its
+// connection and ReadyCheck fails; DrainDelay later, Start stops serving.
+// The process calls it as soon as it is told to stop (SIGTERM), before the
+// manager stops the controllers, so that the drain overlaps their stop.
+// Calling it again does nothing.
+func (s *Server) Drain() {
+	s.drainOnce.Do(func() {
+		s.draining.Store(true)
+		wait := s.afterDrain(s.drainDelay)
+		go func() {
+			<-wait
+			close(s.drained)
+		}()
+	})
+}
+
+// Register registers hook at path, closing the connection after each
+// response while the server drains.
+func (s *Server) Register(path string, hook http.Handler) {
+	s.Server.Register(path, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if s.draining.Load() {
+			w.Header().Set("Connection", "close")
+		}
+		hook.ServeHTTP(w, r)
+	}))
 }
 
 // ReadyCheck reports ready once a certificate is loaded and the server
@@ -129,6 +199,9 @@ func (s *Server) Start(ctx context.Context) error {
 func (s *Server) ReadyCheck() healthz.Checker {
 	started := s.StartedChecker()
 	return func(req *http.Request) error {
+		if s.draining.Load() {
+			return errors.New("the webhook server is draining: it is stopping")
+		}
 		if s.watcher.Load() == nil {
 			return fmt.Errorf("no serving certificate loaded from %s yet", s.certPath)
 		}

@@ -248,3 +248,106 @@ func waitServed(t *testing.T, addr string, roots *x509.CertPool, want string) {
 		t.Fatalf("serial %s is not served (last: %s, %v)", want, got, lastErr)
 	}
 }
+
+// TestServerDrain: once told to stop, the server keeps answering, closes
+// every connection after its response and reports not ready; it stops
+// listening only when the drain delay is over, even if its context ended
+// before.
+func TestServerDrain(t *testing.T) {
+	ca, err := testpki.NewCA("webhook-test-ca")
+	if err != nil {
+		t.Fatal(err)
+	}
+	roots := x509.NewCertPool()
+	roots.AppendCertsFromPEM(ca.CertPEM)
+	vol := &secretVolume{dir: t.TempDir()}
+	kp, err := ca.IssueServing("127.0.0.1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	vol.write(t, kp)
+	port := freePort(t)
+	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+	s, err := NewServer(ServerOptions{Host: "127.0.0.1", Port: port, CertDir: vol.dir, DrainDelay: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var asked time.Duration
+	release := make(chan time.Time)
+	s.afterDrain = func(d time.Duration) <-chan time.Time { asked = d; return release }
+	s.Register("/hook", http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok")) }))
+	ready := s.ReadyCheck()
+
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- s.Start(ctx) }()
+	waitServed(t, addr, roots, serialOf(t, kp))
+
+	client := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12}}}
+	defer client.CloseIdleConnections()
+	call := func() (*http.Response, error) {
+		resp, err := client.Get("https://" + addr + "/hook")
+		if err != nil {
+			return nil, err
+		}
+		_ = resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return resp, fmt.Errorf("status %d", resp.StatusCode)
+		}
+		return resp, nil
+	}
+	probe, _ := http.NewRequest(http.MethodGet, "/readyz", nil)
+	if err := wait.PollUntilContextCancel(t.Context(), 50*time.Millisecond, true, func(context.Context) (bool, error) {
+		return ready(probe) == nil, nil
+	}); err != nil {
+		t.Fatalf("never ready: %v", ready(probe))
+	}
+	resp, err := call()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.Close {
+		t.Error("before the drain, a response closed its connection")
+	}
+
+	s.Drain()
+	if asked != time.Hour {
+		t.Errorf("drain timer for %s, want the DrainDelay (1h)", asked)
+	}
+	if ready(probe) == nil {
+		t.Error("ready while draining")
+	}
+	// The manager stops the webhook server: it goes on answering until the
+	// drain is over.
+	cancel()
+	for i := range 3 {
+		resp, err := call()
+		if err != nil {
+			t.Fatalf("call %d during the drain: %v", i, err)
+		}
+		if !resp.Close {
+			t.Errorf("call %d during the drain kept its connection open", i)
+		}
+	}
+	select {
+	case err := <-done:
+		t.Fatalf("the server stopped before its drain was over: %v", err)
+	default:
+	}
+
+	close(release)
+	if err := <-done; err != nil {
+		t.Errorf("server: %v", err)
+	}
+	if _, err := call(); err == nil {
+		t.Error("the server still answers after its drain")
+	}
+	s.Drain() // a second call does nothing
+}
+
+func TestServerOptionsDrainDelay(t *testing.T) {
+	if _, err := NewServer(ServerOptions{CertDir: t.TempDir(), DrainDelay: -time.Second}); err == nil {
+		t.Error("a negative drain delay was accepted")
+	}
+}

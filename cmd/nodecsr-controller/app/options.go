@@ -61,6 +61,10 @@ type Options struct {
 	WebhookPort int
 	// WebhookEnableHTTP2 offers HTTP/2 on the webhook server (off: CVE-2023-44487).
 	WebhookEnableHTTP2 bool
+	// WebhookDrainDelay is how long the webhook server keeps answering,
+	// closing each connection after its response, once the process is
+	// told to stop.
+	WebhookDrainDelay time.Duration
 	// SelfUsername is nodecsr's own identity, always allowed by the approval
 	// guard; default system:serviceaccount:$POD_NAMESPACE:$SERVICE_ACCOUNT_NAME.
 	SelfUsername string
@@ -97,6 +101,7 @@ func NewOptions() *Options {
 		// backlog left the API server's cores partly idle, at 128 it did
 		// not (BENCHMARKS.md, the workers= variants).
 		MaxConcurrentReconciles:  128,
+		WebhookDrainDelay:        5 * time.Second,
 		LeaderElectionID:         "nodecsr-controller",
 		LeaseDuration:            15 * time.Second,
 		RenewDeadline:            10 * time.Second,
@@ -142,6 +147,7 @@ func (o *Options) AddFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.WebhookCertDir, "webhook-cert-dir", o.WebhookCertDir, "Folder with tls.crt and tls.key for the admission webhooks (a mounted cert-manager Secret); empty turns the webhooks off.")
 	fs.StringVar(&o.WebhookHost, "webhook-host", o.WebhookHost, "Address the webhook server listens on; empty means all.")
 	fs.IntVar(&o.WebhookPort, "webhook-port", o.WebhookPort, "Port of the webhook server.")
+	fs.DurationVar(&o.WebhookDrainDelay, "webhook-drain-delay", o.WebhookDrainDelay, "How long the webhook server keeps answering after SIGTERM, closing each connection after its response, so that the API server moves to another replica before this one stops listening (0: stop at once).")
 	fs.BoolVar(&o.WebhookEnableHTTP2, "webhook-enable-http2", o.WebhookEnableHTTP2, "Offer HTTP/2 on the webhook server (off by default: CVE-2023-44487).")
 	fs.StringVar(&o.SelfUsername, "self-username", o.SelfUsername, "nodecsr's own username, always allowed by the approval guard (default system:serviceaccount:$POD_NAMESPACE:$SERVICE_ACCOUNT_NAME, else asked from the API server with a SelfSubjectReview).")
 	fs.DurationVar(&o.CertificateExpiryHorizon, "certificate-expiry-horizon", o.CertificateExpiryHorizon, "Nodes whose newest kubelet client certificate expires within this are counted in nodecsr_node_certificates_expiring.")
@@ -182,6 +188,9 @@ func (o *Options) Validate() error {
 	case "json", "text":
 	default:
 		errs = append(errs, fmt.Errorf("--log-format must be json or text, got %q", o.LogFormat))
+	}
+	if o.WebhookDrainDelay < 0 {
+		errs = append(errs, fmt.Errorf("--webhook-drain-delay must not be negative, got %s", o.WebhookDrainDelay))
 	}
 	if o.WebhookCertDir != "" && (o.WebhookPort < 1 || o.WebhookPort > 65535) {
 		errs = append(errs, fmt.Errorf("--webhook-port must be between 1 and 65535, got %d", o.WebhookPort))

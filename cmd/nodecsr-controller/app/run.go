@@ -215,10 +215,18 @@ func RunWithConfig(ctx context.Context, o *Options, cfg *rest.Config) error {
 	if o.WebhookCertDir != "" {
 		webhookServer, err = webhook.NewServer(webhook.ServerOptions{
 			Host: o.WebhookHost, Port: o.WebhookPort, CertDir: o.WebhookCertDir, EnableHTTP2: o.WebhookEnableHTTP2,
+			DrainDelay: o.WebhookDrainDelay,
 		})
 		if err != nil {
 			return err
 		}
+		// The drain starts when the process is told to stop, not when the
+		// manager gets to the webhooks (after the controllers), so that
+		// the two overlap.
+		go func() {
+			<-ctx.Done()
+			webhookServer.Drain()
+		}()
 	}
 	// The Lease holder is the Pod's name, so `kubectl get lease` tells which
 	// replica leads (controller-runtime's default is hostname_uuid).
