@@ -96,10 +96,11 @@ func NewOptions() *Options {
 		KubeAPIQPS:           1000,
 		KubeAPIBurst:         2000,
 		PolicyReloadInterval: 5 * time.Second,
-		// A reconcile waits for two requests in a row (the
-		// SubjectAccessReview, then the approval): at 64 a saturating
-		// backlog left the API server's cores partly idle, at 128 it did
-		// not (BENCHMARKS.md, the workers= variants).
+		// A reconcile mostly waits for two requests in a row (the
+		// SubjectAccessReview, then the approval). In three runs of the
+		// approve bench, 128 workers did 0-50% more than 64 in the same
+		// run, and never less beyond the noise (BENCHMARKS.md, the
+		// workers= variants).
 		MaxConcurrentReconciles:  128,
 		WebhookDrainDelay:        5 * time.Second,
 		LeaderElectionID:         "nodecsr-controller",
