@@ -66,7 +66,7 @@ demo: assets ## Run the demo on a local control plane (KEEP=1 keeps it running).
 	cd test && $(GO) run ./demo $(if $(KEEP),--keep)
 
 .PHONY: bench
-bench: assets ## Run the benchmarks side by side with kube-controller-manager and write BENCHMARKS.md (about 15 to 20 min on a 2-core machine: 14 min on 2026-12-02 before the inventory's write limit, which makes the storm wait longer for the inventory).
+bench: assets ## Run the benchmarks side by side with kube-controller-manager and write BENCHMARKS.md (15 to 30 min on a 2-core machine: 27 min on 2026-12-02 on a slow one, 8.5 min of it the storm's wait for the inventory's rate-limited writes).
 	cd test && $(GO) run ./bench all -markdown $(CURDIR)/BENCHMARKS.md
 
 .PHONY: compat
