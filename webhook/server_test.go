@@ -120,13 +120,7 @@ func startServer(t *testing.T, s *Server) {
 }
 
 func TestServerTLSAndRotation(t *testing.T) {
-	ca, err := testpki.NewCA("webhook-test-ca")
-	if err != nil {
-		t.Fatal(err)
-	}
-	roots := x509.NewCertPool()
-	roots.AppendCertsFromPEM(ca.CertPEM)
-	vol := &secretVolume{dir: t.TempDir()}
+	ca, roots, vol := newCertVolume(t)
 	port := freePort(t)
 	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
 	s, err := NewServer(ServerOptions{Host: "127.0.0.1", Port: port, CertDir: vol.dir})
@@ -196,20 +190,9 @@ func TestServerTLSAndRotation(t *testing.T) {
 }
 
 func TestServerHTTP2(t *testing.T) {
-	ca, err := testpki.NewCA("webhook-test-ca")
-	if err != nil {
-		t.Fatal(err)
-	}
-	roots := x509.NewCertPool()
-	roots.AppendCertsFromPEM(ca.CertPEM)
-	vol := &secretVolume{dir: t.TempDir()}
-	kp, err := ca.IssueServing("127.0.0.1")
-	if err != nil {
-		t.Fatal(err)
-	}
-	vol.write(t, kp)
+	roots, dir, kp := servingCertDir(t)
 	port := freePort(t)
-	s, err := NewServer(ServerOptions{Host: "127.0.0.1", Port: port, CertDir: vol.dir, EnableHTTP2: true})
+	s, err := NewServer(ServerOptions{Host: "127.0.0.1", Port: port, CertDir: dir, EnableHTTP2: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -233,6 +216,36 @@ func TestServerOptions(t *testing.T) {
 	if _, err := NewServer(ServerOptions{CertDir: "/x", Port: 70000}); err == nil {
 		t.Error("no error for port 70000")
 	}
+	if _, err := NewServer(ServerOptions{CertDir: "/x", DrainDelay: -time.Second}); err == nil {
+		t.Error("no error for a negative drain delay")
+	}
+}
+
+// newCertVolume returns a test CA, the roots that trust it and an empty
+// Secret-like folder.
+func newCertVolume(t *testing.T) (*testpki.CA, *x509.CertPool, *secretVolume) {
+	t.Helper()
+	ca, err := testpki.NewCA("webhook-test-ca")
+	if err != nil {
+		t.Fatal(err)
+	}
+	roots := x509.NewCertPool()
+	roots.AppendCertsFromPEM(ca.CertPEM)
+	return ca, roots, &secretVolume{dir: t.TempDir()}
+}
+
+// servingCertDir writes a serving certificate for 127.0.0.1 into a new
+// Secret-like folder and returns the roots that trust it, the folder and
+// the key pair.
+func servingCertDir(t *testing.T) (*x509.CertPool, string, *testpki.KeyPair) {
+	t.Helper()
+	ca, roots, vol := newCertVolume(t)
+	kp, err := ca.IssueServing("127.0.0.1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	vol.write(t, kp)
+	return roots, vol.dir, kp
 }
 
 // waitServed polls until addr serves the certificate with serial want.
@@ -254,21 +267,10 @@ func waitServed(t *testing.T, addr string, roots *x509.CertPool, want string) {
 // listening only when the drain delay is over, even if its context ended
 // before.
 func TestServerDrain(t *testing.T) {
-	ca, err := testpki.NewCA("webhook-test-ca")
-	if err != nil {
-		t.Fatal(err)
-	}
-	roots := x509.NewCertPool()
-	roots.AppendCertsFromPEM(ca.CertPEM)
-	vol := &secretVolume{dir: t.TempDir()}
-	kp, err := ca.IssueServing("127.0.0.1")
-	if err != nil {
-		t.Fatal(err)
-	}
-	vol.write(t, kp)
+	roots, dir, kp := servingCertDir(t)
 	port := freePort(t)
 	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
-	s, err := NewServer(ServerOptions{Host: "127.0.0.1", Port: port, CertDir: vol.dir, DrainDelay: time.Hour})
+	s, err := NewServer(ServerOptions{Host: "127.0.0.1", Port: port, CertDir: dir, DrainDelay: time.Hour})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -344,10 +346,4 @@ func TestServerDrain(t *testing.T) {
 		t.Error("the server still answers after its drain")
 	}
 	s.Drain() // a second call does nothing
-}
-
-func TestServerOptionsDrainDelay(t *testing.T) {
-	if _, err := NewServer(ServerOptions{CertDir: t.TempDir(), DrainDelay: -time.Second}); err == nil {
-		t.Error("a negative drain delay was accepted")
-	}
 }

@@ -1285,6 +1285,18 @@ func (o releaseObject) String() string {
 	return o.kind + "/" + o.ns + "/" + o.name
 }
 
+// get reads the object from the API server (only its error matters here).
+func (o releaseObject) get(ctx context.Context, dyn dynamic.Interface) error {
+	ri := dyn.Resource(o.gvr)
+	var err error
+	if o.namespaced {
+		_, err = ri.Namespace(o.ns).Get(ctx, o.name, metav1.GetOptions{})
+	} else {
+		_, err = ri.Get(ctx, o.name, metav1.GetOptions{})
+	}
+	return err
+}
+
 // manifestObjects parses a release manifest into its objects.
 func manifestObjects(t *testing.T, mapper meta.RESTMapper, manifest string) []releaseObject {
 	t.Helper()
@@ -1452,13 +1464,7 @@ func uninstallAndCheck(ctx context.Context, t *testing.T, c *cluster.Cluster, ad
 	// finalizer; the Deployment goes with background propagation).
 	var still []string
 	for _, o := range objs {
-		ri := dyn.Resource(o.gvr)
-		var err error
-		if o.namespaced {
-			_, err = ri.Namespace(o.ns).Get(ctx, o.name, metav1.GetOptions{})
-		} else {
-			_, err = ri.Get(ctx, o.name, metav1.GetOptions{})
-		}
+		err := o.get(ctx, dyn)
 		if !apierrors.IsNotFound(err) {
 			still = append(still, fmt.Sprintf("%s (%v)", o, err))
 		}
@@ -1467,13 +1473,7 @@ func uninstallAndCheck(ctx context.Context, t *testing.T, c *cluster.Cluster, ad
 		t.Errorf("after helm uninstall returned, these objects of the release remain: %s", strings.Join(still, ", "))
 	}
 	for _, o := range kept {
-		ri := dyn.Resource(o.gvr)
-		var err error
-		if o.namespaced {
-			_, err = ri.Namespace(o.ns).Get(ctx, o.name, metav1.GetOptions{})
-		} else {
-			_, err = ri.Get(ctx, o.name, metav1.GetOptions{})
-		}
+		err := o.get(ctx, dyn)
 		if err != nil {
 			t.Errorf("%s is annotated helm.sh/resource-policy=keep but is gone after helm uninstall: %v", o, err)
 		}
