@@ -132,10 +132,17 @@ func truncateName(s string, n int) string {
 //   - at most maxPending Events wait; beyond that the reconciler waits for
 //     room (decisions slow to the pace of Event writes rather than lose
 //     Events);
-//   - on shutdown it drains for at most its drain bound; an Event still
-//     unwritten then is left to the next leader's repair pass
-//     (repairDecisionEvents), which records the decisions of the last
-//     repairWindow whose Event is missing.
+//   - Events yield to decisions: while the approver has reconciles in
+//     progress (a storm) and fewer than yieldBelow Events are held, only
+//     yieldWorkers of the workers write, so that the API server spends its
+//     time on the approvals nodes wait for; the backlog is written at full
+//     concurrency as soon as the reconciles stop, or once yieldBelow Events
+//     wait (a storm long enough to fill it is then decided at the pace it
+//     would have been without yielding);
+//   - on shutdown it drains for at most its drain bound, at full
+//     concurrency; an Event still unwritten then is left to the next
+//     leader's repair pass (repairDecisionEvents), which records the
+//     decisions of the last repairWindow whose Event is missing.
 //
 // Every write goes through EventRecorder.Record with a name derived from the
 // CSR, so a retry of a write that did succeed (a timeout), a second hand-off
@@ -145,9 +152,20 @@ func truncateName(s string, n int) string {
 // Defaults of the Event writer (Reconciler.EventWorkers, MaxPendingEvents,
 // EventDrainTimeout).
 const (
-	defaultEventWorkers      = 16
+	DefaultEventWorkers      = 16
 	defaultMaxPendingEvents  = 10_000
 	defaultEventDrainTimeout = 5 * time.Second
+)
+
+// Defaults of the yield (Reconciler.EventYieldWorkers, EventYieldBelow).
+// Two writers keep Events flowing during a storm without taking the API
+// server from the approvals. A thousand held Events bounds what a storm
+// defers: the sixteen writers write them in a few seconds once the storm is
+// over, and a graceful shutdown's drain (5 s) can write about that many on
+// a busy API server, so yielding does not leave more to the repair pass.
+const (
+	DefaultEventYieldWorkers = 2
+	DefaultEventYieldBelow   = 1000
 )
 
 // Retries of a failed Event write: per Event, exponential from
@@ -210,36 +228,104 @@ type eventWriter struct {
 	// slots bounds the Events held (queued, being written or waiting for a
 	// retry) to its capacity.
 	slots chan struct{}
+	// busy reports whether decisions are in progress; while it does and
+	// fewer than yieldBelow Events are held, only yieldWorkers write.
+	busy         func() bool
+	yieldWorkers int
+	yieldBelow   int
 
-	mu      sync.Mutex
-	pending map[eventKey]*decisionEvent
-	started bool
-	stopped bool
+	mu       sync.Mutex
+	pending  map[eventKey]*decisionEvent
+	started  bool
+	stopped  bool
+	draining bool
 	// idle is closed and replaced whenever pending becomes empty (tests and
 	// the drain wait on it).
 	idle chan struct{}
+	// wake is closed and replaced whenever the yield may have ended.
+	wake chan struct{}
 }
 
-func newEventWriter(write func(context.Context, *decisionEvent) error, m *Metrics, workers, maxPending int, drain time.Duration) *eventWriter {
-	if workers <= 0 {
-		workers = defaultEventWorkers
+// eventWriterOptions configure an eventWriter; zero values take the
+// defaults. Busy nil never yields.
+type eventWriterOptions struct {
+	Workers, MaxPending      int
+	Drain                    time.Duration
+	Busy                     func() bool
+	YieldWorkers, YieldBelow int
+}
+
+func newEventWriter(write func(context.Context, *decisionEvent) error, m *Metrics, o eventWriterOptions) *eventWriter {
+	if o.Workers <= 0 {
+		o.Workers = DefaultEventWorkers
 	}
-	if maxPending <= 0 {
-		maxPending = defaultMaxPendingEvents
+	if o.MaxPending <= 0 {
+		o.MaxPending = defaultMaxPendingEvents
 	}
-	if drain <= 0 {
-		drain = defaultEventDrainTimeout
+	if o.Drain <= 0 {
+		o.Drain = defaultEventDrainTimeout
+	}
+	if o.YieldWorkers <= 0 {
+		o.YieldWorkers = DefaultEventYieldWorkers
+	}
+	if o.YieldBelow <= 0 {
+		o.YieldBelow = DefaultEventYieldBelow
+	}
+	if o.Busy == nil || o.YieldWorkers >= o.Workers {
+		o.Busy = func() bool { return false }
 	}
 	limiter := workqueue.NewTypedMaxOfRateLimiter(
 		workqueue.NewTypedItemExponentialFailureRateLimiter[eventKey](eventRetryBaseDelay, eventRetryMaxDelay),
 		&workqueue.TypedBucketRateLimiter[eventKey]{Limiter: rate.NewLimiter(rate.Limit(eventRetryQPS), eventRetryBurst)},
 	)
 	return &eventWriter{
-		write: write, metrics: m, workers: workers, drain: drain,
+		write: write, metrics: m, workers: o.Workers, drain: o.Drain,
+		busy: o.Busy, yieldWorkers: o.YieldWorkers, yieldBelow: min(o.YieldBelow, o.MaxPending),
 		queue:   workqueue.NewTypedRateLimitingQueueWithConfig(limiter, workqueue.TypedRateLimitingQueueConfig[eventKey]{Name: eventQueueName}),
-		slots:   make(chan struct{}, maxPending),
+		slots:   make(chan struct{}, o.MaxPending),
 		pending: map[eventKey]*decisionEvent{},
 		idle:    make(chan struct{}),
+		wake:    make(chan struct{}),
+	}
+}
+
+// signal wakes the workers that yield, to look again whether they still
+// should (the reconciles stopped, the backlog grew, the drain began).
+func (w *eventWriter) signal() {
+	w.mu.Lock()
+	w.signalLocked()
+	w.mu.Unlock()
+}
+
+func (w *eventWriter) signalLocked() {
+	close(w.wake)
+	w.wake = make(chan struct{})
+}
+
+// yielding reports whether the workers beyond yieldWorkers should wait, and
+// the channel that is closed when that may have changed.
+func (w *eventWriter) yielding() (bool, <-chan struct{}) {
+	w.mu.Lock()
+	wake, draining, held := w.wake, w.draining, len(w.pending)
+	w.mu.Unlock()
+	// busy is read after wake was taken: a reconcile that ends in between
+	// closes this wake.
+	return !draining && held < w.yieldBelow && w.busy(), wake
+}
+
+// takeTurn waits while the writer yields to decisions; false when ctx is
+// done.
+func (w *eventWriter) takeTurn(ctx context.Context) bool {
+	for {
+		yield, wake := w.yielding()
+		if !yield {
+			return true
+		}
+		select {
+		case <-wake:
+		case <-ctx.Done():
+			return false
+		}
 	}
 }
 
@@ -275,6 +361,9 @@ func (w *eventWriter) enqueue(ctx context.Context, e *decisionEvent) {
 	}
 	w.pending[k] = e
 	w.metrics.EventQueueDepth.Set(float64(len(w.pending)))
+	if len(w.pending) == w.yieldBelow {
+		w.signalLocked() // the backlog is as long as the yield lets it be
+	}
 	w.queue.Add(k)
 	w.mu.Unlock()
 }
@@ -353,17 +442,22 @@ func (w *eventWriter) run(ctx context.Context) error {
 	writeCtx, stopWrites := context.WithCancel(log.IntoContext(context.WithoutCancel(ctx), l))
 	defer stopWrites()
 	var wg sync.WaitGroup
-	for range w.workers {
+	for i := range w.workers {
+		yields := i >= w.yieldWorkers
 		wg.Go(func() {
-			for w.processNext(writeCtx) {
+			for (!yields || w.takeTurn(writeCtx)) && w.processNext(writeCtx) {
 			}
 		})
 	}
 	<-ctx.Done()
 
-	// Drain: the reconcilers stop at the same time and may still hand over
-	// an Event or two; the drain bound keeps a dead API server from holding
-	// up the shutdown.
+	// Drain, with every worker: the reconcilers stop at the same time and
+	// may still hand over an Event or two; the drain bound keeps a dead API
+	// server from holding up the shutdown.
+	w.mu.Lock()
+	w.draining = true
+	w.signalLocked()
+	w.mu.Unlock()
 	drainCtx, cancelDrain := context.WithTimeout(writeCtx, w.drain)
 	w.waitIdle(drainCtx)
 	cancelDrain()

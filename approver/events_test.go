@@ -2,10 +2,12 @@ package approver
 
 import (
 	"context"
+	"fmt"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	certificatesv1 "k8s.io/api/certificates/v1"
 	eventsv1 "k8s.io/api/events/v1"
@@ -243,4 +245,140 @@ func TestFullEventQueueHoldsTheReconcile(t *testing.T) {
 	if ev := h.events(t); len(ev) != 2 {
 		t.Fatalf("events %+v", ev)
 	}
+}
+
+// yieldHarness runs an Event writer whose writes block until released and
+// whose busy signal the test sets.
+type yieldHarness struct {
+	w        *eventWriter
+	busy     atomic.Bool
+	inFlight atomic.Int32
+	written  atomic.Int32
+	release  chan struct{}
+	stop     context.CancelFunc
+	stopped  chan struct{}
+}
+
+func newYieldHarness(t *testing.T, workers, yieldWorkers, yieldBelow int) *yieldHarness {
+	t.Helper()
+	h := &yieldHarness{release: make(chan struct{}), stopped: make(chan struct{})}
+	h.busy.Store(true)
+	h.w = newEventWriter(func(ctx context.Context, _ *decisionEvent) error {
+		h.inFlight.Add(1)
+		defer h.inFlight.Add(-1)
+		select {
+		case <-h.release:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		h.written.Add(1)
+		return nil
+	}, NewMetrics(prometheus.NewRegistry(), nil), eventWriterOptions{
+		Workers: workers, YieldWorkers: yieldWorkers, YieldBelow: yieldBelow,
+		Busy: h.busy.Load, Drain: time.Hour, // the drain ends when every Event is written
+	})
+	ctx, cancel := context.WithCancel(t.Context())
+	h.stop = cancel
+	go func() {
+		defer close(h.stopped)
+		if err := h.w.run(ctx); err != nil {
+			t.Error(err)
+		}
+	}()
+	t.Cleanup(func() {
+		h.releaseWrites()
+		cancel()
+		<-h.stopped
+	})
+	return h
+}
+
+func (h *yieldHarness) releaseWrites() {
+	select {
+	case <-h.release:
+	default:
+		close(h.release)
+	}
+}
+
+func (h *yieldHarness) enqueue(t *testing.T, names ...string) {
+	t.Helper()
+	for _, name := range names {
+		h.w.enqueue(t.Context(), newDecisionEvent(withUID(name), certificatesv1.CertificateApproved, ReasonRenewalApproved, "m"))
+	}
+}
+
+// waitInFlight waits until exactly want writes are in progress, then checks
+// that no further write starts for a moment.
+func (h *yieldHarness) waitInFlight(t *testing.T, want int32) {
+	t.Helper()
+	for h.inFlight.Load() < want {
+		if t.Context().Err() != nil {
+			t.Fatalf("%d writes in progress, want %d", h.inFlight.Load(), want)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	time.Sleep(100 * time.Millisecond)
+	if n := h.inFlight.Load(); n != want {
+		t.Fatalf("%d writes in progress, want %d", n, want)
+	}
+}
+
+func names(prefix string, n int) []string {
+	var out []string
+	for i := range n {
+		out = append(out, fmt.Sprintf("%s-%d", prefix, i))
+	}
+	return out
+}
+
+func TestEventsYieldToDecisionsInProgress(t *testing.T) {
+	h := newYieldHarness(t, 8, 2, 100)
+	h.enqueue(t, names("storm", 10)...)
+	// Reconciles are in progress: two writers write, six wait.
+	h.waitInFlight(t, 2)
+	// The storm is over: every writer catches up.
+	h.busy.Store(false)
+	h.w.signal()
+	h.waitInFlight(t, 8)
+	h.releaseWrites()
+	if !h.w.waitIdle(t.Context()) || h.written.Load() != 10 {
+		t.Fatalf("%d of 10 Events written", h.written.Load())
+	}
+}
+
+func TestEventsStopYieldingWhenTheBacklogIsFull(t *testing.T) {
+	h := newYieldHarness(t, 8, 2, 5)
+	h.enqueue(t, names("storm", 4)...)
+	h.waitInFlight(t, 2)
+	// The fifth held Event reaches the bound: the writers no longer yield
+	// although reconciles are still in progress.
+	h.enqueue(t, "storm-4")
+	h.waitInFlight(t, 5)
+	h.releaseWrites()
+	if !h.w.waitIdle(t.Context()) || h.written.Load() != 5 {
+		t.Fatalf("%d of 5 Events written", h.written.Load())
+	}
+}
+
+func TestEventDrainDoesNotYield(t *testing.T) {
+	h := newYieldHarness(t, 8, 2, 100)
+	h.enqueue(t, names("storm", 10)...)
+	h.waitInFlight(t, 2)
+	// Shutdown while reconciles are still reported in progress: the drain
+	// writes with every writer.
+	h.stop()
+	h.waitInFlight(t, 8)
+	h.releaseWrites()
+	<-h.stopped
+	if n := h.written.Load(); n != 10 {
+		t.Fatalf("%d of 10 Events written by the drain", n)
+	}
+}
+
+func TestEventsDoNotYieldWithoutDecisionsInProgress(t *testing.T) {
+	h := newYieldHarness(t, 8, 2, 100)
+	h.busy.Store(false)
+	h.enqueue(t, names("quiet", 10)...)
+	h.waitInFlight(t, 8)
 }

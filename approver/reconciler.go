@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/go-logr/logr"
@@ -84,11 +85,19 @@ type Reconciler struct {
 	// MaxPendingEvents wait to be written (default 10000: beyond it a
 	// reconcile waits for room); on shutdown the writer drains for at most
 	// EventDrainTimeout (default 5s) and leaves the rest to the next
-	// leader's repair pass.
+	// leader's repair pass. While reconciles are in progress and fewer
+	// than EventYieldBelow Events wait (default 1000), only
+	// EventYieldWorkers of the writers write (default 2; EventWorkers or
+	// more: never yield): Events yield to decisions.
 	EventWorkers      int
 	MaxPendingEvents  int
 	EventDrainTimeout time.Duration
+	EventYieldWorkers int
+	EventYieldBelow   int
 
+	// inflight counts the reconciles in progress (the Event writer yields
+	// to them).
+	inflight   atomic.Int64
 	limiter    requesterLimiter
 	reported   reportedSet
 	writerOnce sync.Once
@@ -102,7 +111,11 @@ func (r *Reconciler) events() *eventWriter {
 		r.writer = newEventWriter(func(ctx context.Context, e *decisionEvent) error {
 			_, err := r.recordDecision(ctx, e)
 			return err
-		}, r.Metrics, r.EventWorkers, r.MaxPendingEvents, r.EventDrainTimeout)
+		}, r.Metrics, eventWriterOptions{
+			Workers: r.EventWorkers, MaxPending: r.MaxPendingEvents, Drain: r.EventDrainTimeout,
+			Busy:         func() bool { return r.inflight.Load() > 0 },
+			YieldWorkers: r.EventYieldWorkers, YieldBelow: r.EventYieldBelow,
+		})
 	})
 	return r.writer
 }
@@ -337,6 +350,12 @@ func (r *Reconciler) PolicyChanged(ctx context.Context) {
 
 // Reconcile decides one CSR.
 func (r *Reconciler) Reconcile(ctx context.Context, req reconcile.Request) (reconcile.Result, error) {
+	r.inflight.Add(1)
+	defer func() {
+		if r.inflight.Add(-1) == 0 {
+			r.events().signal() // the storm is over: the Event writers catch up
+		}
+	}()
 	csr := &certificatesv1.CertificateSigningRequest{}
 	if err := r.Client.Get(ctx, req.NamespacedName, csr); err != nil {
 		return reconcile.Result{}, client.IgnoreNotFound(err)
