@@ -92,6 +92,11 @@ type contenderResult struct {
 	ReconcileMeanMillis float64 `json:"reconcileMeanMillis,omitempty"`
 	// QueueWaitMeanMillis is nodecsr's mean time in the work queue (workqueue_queue_duration_seconds).
 	QueueWaitMeanMillis float64 `json:"queueWaitMeanMillis,omitempty"`
+	// EventsTrailSeconds: from the last decision until the contender had
+	// written every decision Event (nodecsr's Event writer empty, the
+	// pattern loop's Event writers done); absent for contenders that write
+	// none or none after the decision.
+	EventsTrailSeconds *float64 `json:"eventsTrailSeconds,omitempty"`
 	// GCCycles is the Go garbage collections nodecsr-controller made from its
 	// start to the last decision (go_gc_duration_seconds_count).
 	GCCycles float64  `json:"gcCycles,omitempty"`
@@ -161,7 +166,8 @@ func clientLimits(args []string) (qps, burst float64) {
 }
 
 // combineRounds merges the rounds of one contender: rates, request counts,
-// CPU and means are averaged, latencies pooled.
+// CPU and means are averaged, latencies pooled, the Events' trail the
+// longest.
 func combineRounds(rs []contenderResult) contenderResult {
 	if len(rs) == 1 {
 		return rs[0]
@@ -183,6 +189,9 @@ func combineRounds(rs []contenderResult) contenderResult {
 		out.ReconcileMeanMillis += r.ReconcileMeanMillis / k
 		out.QueueWaitMeanMillis += r.QueueWaitMeanMillis / k
 		out.GCCycles += r.GCCycles / k
+		if t := r.EventsTrailSeconds; t != nil && (out.EventsTrailSeconds == nil || *t > *out.EventsTrailSeconds) {
+			out.EventsTrailSeconds = t // the longest
+		}
 		out.CPU.APIServer += r.CPU.APIServer / k
 		out.CPU.Etcd += r.CPU.Etcd / k
 		out.CPU.Contender += r.CPU.Contender / k
@@ -301,7 +310,10 @@ type running struct {
 	pid     int
 	alive   func() error
 	metrics func(ctx context.Context) (samples, error)
-	stop    func()
+	// eventsWritten waits until every decision Event is written (nil: the
+	// contender writes none after its decisions).
+	eventsWritten func(ctx context.Context) error
+	stop          func()
 }
 
 func (e *env) runApprove(ctx context.Context, o *options) (*approveResult, error) {
@@ -392,7 +404,8 @@ func (e *env) runApprove(ctx context.Context, o *options) (*approveResult, error
 				if err != nil {
 					return running{}, err
 				}
-				return running{pid: c.pid(), alive: c.exitedErr, metrics: c.metrics, stop: func() { c.stop(10 * time.Second) }}, nil
+				return running{pid: c.pid(), alive: c.exitedErr, metrics: c.metrics, stop: func() { c.stop(10 * time.Second) },
+					eventsWritten: func(ctx context.Context) error { return eventQueueEmpty(ctx, c.metrics, c.exitedErr) }}, nil
 			},
 		}
 	}
@@ -419,14 +432,26 @@ func (e *env) runApprove(ctx context.Context, o *options) (*approveResult, error
 				mu.Unlock()
 				close(finished)
 			}()
-			return running{
+			r := running{
 				alive: func() error {
 					mu.Lock()
 					defer mu.Unlock()
 					return loopErr
 				},
 				stop: func() { cancel(); <-finished },
-			}, nil
+			}
+			if pat == patternAsyncEvent || pat == patternPatchAsyncEvent {
+				// The loop returns once its Event writers are done.
+				r.eventsWritten = func(ctx context.Context) error {
+					select {
+					case <-finished:
+						return r.alive()
+					case <-ctx.Done():
+						return ctx.Err()
+					}
+				}
+			}
+			return r, nil
 		}
 		return c
 	}
@@ -606,7 +631,18 @@ func (e *env) approvePhase(ctx context.Context, c contender, group string, n int
 		return res, err
 	}
 	cpu1 := e.cpu(r.pid)
-	// Let writes that follow a decision (nodecsr's Event) finish before counting.
+	// Let writes that follow a decision (the Events) finish before counting
+	// the requests, and measure how long they trailed.
+	var eventsAt time.Time
+	if r.eventsWritten != nil {
+		wctx, cancel := context.WithTimeout(ctx, timeout)
+		err := r.eventsWritten(wctx)
+		cancel()
+		if err != nil {
+			return res, fmt.Errorf("waiting for the decision Events: %w", err)
+		}
+		eventsAt = time.Now()
+	}
 	time.Sleep(time.Second)
 	if r.metrics != nil {
 		m, err := r.metrics(ctx)
@@ -674,6 +710,10 @@ func (e *env) approvePhase(ctx context.Context, c contender, group string, n int
 	}
 	if res.Denied > 0 {
 		return res, fmt.Errorf("%d of %d CSRs were denied; every one should be approved", res.Denied, n)
+	}
+	if !eventsAt.IsZero() {
+		trail := max(0, eventsAt.Sub(last).Seconds())
+		res.EventsTrailSeconds = &trail
 	}
 	res.FirstDecisionSeconds = first.Sub(t0).Seconds()
 	res.DurationSeconds = last.Sub(t0).Seconds()
@@ -850,4 +890,26 @@ func (e *env) bareLoop(ctx context.Context, as *rest.Config, group string, worke
 		return err
 	}
 	return eventErr
+}
+
+// eventQueueEmpty waits until nodecsr-controller's decision Event writer
+// holds no Event (nodecsr_event_queue_depth 0), polling its metrics.
+func eventQueueEmpty(ctx context.Context, metrics func(context.Context) (samples, error), exited func() error) error {
+	for {
+		m, err := metrics(ctx)
+		if err != nil {
+			return err
+		}
+		if m.sum("nodecsr_event_queue_depth") == 0 {
+			return nil
+		}
+		if err := exited(); err != nil {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%w: %v decision Events still held", ctx.Err(), m.sum("nodecsr_event_queue_depth"))
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
 }

@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+
+	"github.com/nodecsr/nodecsr/approver"
 )
 
 // renderMarkdown is BENCHMARKS.md: the tables, the machine, how to
@@ -194,6 +196,10 @@ func approveAnalysis(a *approveResult) string {
 			p("- **The same with the Event written asynchronously** (by %d separate writers, so a worker makes two requests in a row: nodecsr's own request pattern, every Event still written) did %.0f/s, %.0f%% of the bare loop; nodecsr did %.0f%% of that (goal: 90%%). What is left between them is nodecsr's own work per decision (its checks, among them the CSR's signature, its watch of the CSRs, logging, garbage collection, a separate process competing for the same cores): %.2f ms of CPU in nodecsr per decision here, with %.0f garbage collections per round; the API server and etcd spent %.2f ms per decision in nodecsr's runs and %.2f ms in the pattern loop's.\n",
 				asyncEventWriters, pt.RatePerSecond, 100*ratio(pt.RatePerSecond, bare.RatePerSecond), 100*ratio(nc.RatePerSecond, pt.RatePerSecond), perDecisionMillis(nc.CPU.Contender, nc), nc.GCCycles,
 				perDecisionMillis(nc.CPU.APIServer+nc.CPU.Etcd, nc), perDecisionMillis(pt.CPU.APIServer+pt.CPU.Etcd, pt))
+			if nc.EventsTrailSeconds != nil && pt.EventsTrailSeconds != nil {
+				p("  Every decision Event was written %.1f s after nodecsr's last decision at the latest (%.1f s for the pattern loop): while reconciles are in progress and fewer than %d Events wait, %d of nodecsr's %d Event writers write, and all of them once the reconciles stop.\n",
+					*nc.EventsTrailSeconds, *pt.EventsTrailSeconds, approver.DefaultEventYieldBelow, approver.DefaultEventYieldWorkers, approver.DefaultEventWorkers)
+			}
 			if len(nc.RoundOthers) > 1 {
 				p("  Round by round (the pattern loop runs right before nodecsr, and right after it in reversed rounds): nodecsr %s; the pattern loop %s. A round where others used more of the machine is slower.\n", roundsCell(nc), roundsCell(pt))
 			}

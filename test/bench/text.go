@@ -104,6 +104,9 @@ func approveTable(a *approveResult, md bool) string {
 			if c.ReconcileMeanMillis > 0 {
 				out += fmt.Sprintf("    reconcile mean %.1f ms, queue wait mean %.0f ms, client requests per decision %.2f, %.0f Go GC cycles from start to the last decision, %.2f ms of CPU per decision\n", c.ReconcileMeanMillis, c.QueueWaitMeanMillis, c.ClientRequestsPerDecision, c.GCCycles, perDecisionMillis(c.CPU.Contender, c))
 			}
+			if c.EventsTrailSeconds != nil {
+				out += fmt.Sprintf("    every decision Event written %.2f s after the last decision (the longest of the rounds)\n", *c.EventsTrailSeconds)
+			}
 		}
 	}
 	out += fmt.Sprintf("\nnodecsr / kube-controller-manager: %.1fx (from start: %.1fx)\nnodecsr / bare loop: %.0f%% (from start: %.0f%%)\n",
