@@ -54,10 +54,12 @@ fuzz: ## Run every fuzz target for FUZZTIME (default 60s) each.
 	done
 
 .PHONY: lint
-lint: $(GOLANGCI_LINT) ## gofmt, go vet and golangci-lint.
+lint: $(GOLANGCI_LINT) ## gofmt, go vet, go mod tidy -diff and golangci-lint.
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 	cd test && $(GO) vet ./...
+	$(GO) mod tidy -diff
+	cd test && $(GO) mod tidy -diff
 	$(GOLANGCI_LINT) run ./...
 	cd test && $(GOLANGCI_LINT) run ./...
 
