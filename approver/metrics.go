@@ -22,8 +22,10 @@ type Metrics struct {
 }
 
 // NewMetrics creates the approver's metrics and registers them with reg.
-// pending, when set, backs nodecsr_pending_csrs (read from the cache at scrape time).
-func NewMetrics(reg prometheus.Registerer, pending client.Reader) *Metrics {
+// pending, when set, backs nodecsr_pending_csrs (read from the cache at
+// scrape time), a series for each of signers (SignerClient, and
+// SignerServing when serving CSRs are decided).
+func NewMetrics(reg prometheus.Registerer, pending client.Reader, signers Signer) *Metrics {
 	m := &Metrics{
 		Decisions: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "nodecsr_decisions_total",
@@ -61,17 +63,18 @@ func NewMetrics(reg prometheus.Registerer, pending client.Reader) *Metrics {
 	}
 	collectors := []prometheus.Collector{m.Decisions, m.DecisionLatency, m.DecidedElsewhere, m.WriteConflicts, m.EventErrors, m.FactErrors, m.EventQueueDepth, m.EventsAbandoned}
 	if pending != nil {
-		collectors = append(collectors, pendingCollector{reader: pending, desc: prometheus.NewDesc(
-			"nodecsr_pending_csrs", "Kubelet CSRs (client, and serving when enabled at startup) without a decision or certificate, from nodecsr's cache.", nil, nil)})
+		collectors = append(collectors, pendingCollector{reader: pending, signers: signers & signersKubelet, desc: prometheus.NewDesc(
+			"nodecsr_pending_csrs", "Kubelet CSRs without a decision or certificate, from nodecsr's cache, by signer (client, and serving when enabled at startup).", []string{"signer"}, nil)})
 	}
 	reg.MustRegister(collectors...)
 	return m
 }
 
-// pendingCollector counts pending CSRs in the cache when scraped.
+// pendingCollector counts pending CSRs in the cache when scraped, by signer.
 type pendingCollector struct {
-	reader client.Reader
-	desc   *prometheus.Desc
+	reader  client.Reader
+	signers Signer
+	desc    *prometheus.Desc
 }
 
 func (c pendingCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
@@ -82,12 +85,16 @@ func (c pendingCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.NewInvalidMetric(c.desc, err)
 		return
 	}
-	n := 0
+	counts := map[Signer]int{}
 	for i := range list.Items {
 		// With serving the cache holds other signers' CSRs too.
-		if IsPending(&list.Items[i]) && SignerOf(list.Items[i].Spec.SignerName) != SignerOther {
-			n++
+		if s := SignerOf(list.Items[i].Spec.SignerName); s&c.signers != 0 && IsPending(&list.Items[i]) {
+			counts[s]++
 		}
 	}
-	ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, float64(n))
+	for _, s := range []Signer{SignerClient, SignerServing} {
+		if s&c.signers != 0 {
+			ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, float64(counts[s]), s.String())
+		}
+	}
 }

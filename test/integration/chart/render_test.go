@@ -323,7 +323,7 @@ func TestRenderNonDefaultValues(t *testing.T) {
 	}
 	for name, substr := range map[string]string{
 		"NodecsrDenialsRising":       `nodecsr_decisions_total{job="csr-approver", namespace="platform", decision="Deny"}[15m])) > 10`,
-		"NodecsrCSRsPending":         `max(nodecsr_pending_csrs{`,
+		"NodecsrCSRsPending":         `max by (signer) (nodecsr_pending_csrs{`,
 		"NodecsrDecisionLatencyHigh": `histogram_quantile(0.99, sum by (le) (rate(nodecsr_decision_latency_seconds_bucket{`,
 		"NodecsrPolicyReloadFailing": `increase(nodecsr_policy_reloads_total{job="csr-approver", namespace="platform", result="error"}[10m]) > 0`,
 	} {
