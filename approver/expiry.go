@@ -14,8 +14,8 @@ import (
 )
 
 // ExpiryTracker remembers, for every node, the newest kubelet client
-// certificate issued to it through a CSR nodecsr watches, and exports when it
-// expires. It learns from the CSRs the API server still holds and, with the
+// certificate, and with serving the newest kubelet serving certificate,
+// issued to it through a CSR nodecsr watches, and exports when they expire. It learns from the CSRs the API server still holds and, with the
 // inventory on, from the NodeCertificate objects (ObserveCertificate), which
 // outlive the CSRs: kube-controller-manager's CSR cleaner deletes issued
 // CSRs after an hour, so without the inventory a restarted controller knows
@@ -24,9 +24,18 @@ type ExpiryTracker struct {
 	// Horizon is how far ahead an expiry counts as coming soon.
 	Horizon time.Duration
 	Clock   clock.PassiveClock
+	// Serving exports the serving certificates' counts even while none is
+	// known (set when serving CSRs are decided).
+	Serving bool
 
 	mu    sync.Mutex
-	nodes map[string]issuedCert
+	nodes map[certKey]issuedCert
+}
+
+// certKey is a node's certificate of one signer.
+type certKey struct {
+	signer Signer
+	node   string
 }
 
 type issuedCert struct {
@@ -36,19 +45,21 @@ type issuedCert struct {
 
 var (
 	expiryDesc = prometheus.NewDesc("nodecsr_node_certificate_expiry_timestamp_seconds",
-		"When the newest kubelet client certificate issued to the node through a CSR expires (Unix time).", []string{"node"}, nil)
+		"When the newest kubelet certificate of the signer (client, serving) issued to the node through a CSR expires (Unix time).", []string{"node", "signer"}, nil)
 	issuedDesc = prometheus.NewDesc("nodecsr_node_certificate_issued_timestamp_seconds",
-		"When the newest kubelet client certificate issued to the node became valid (Unix time).", []string{"node"}, nil)
+		"When the newest kubelet certificate of the signer (client, serving) issued to the node became valid (Unix time).", []string{"node", "signer"}, nil)
 	expiringDesc = prometheus.NewDesc("nodecsr_node_certificates_expiring",
-		"Nodes whose newest kubelet client certificate expires within the horizon (or has expired).", []string{"horizon"}, nil)
+		"Nodes whose newest kubelet certificate of the signer (client, serving) expires within the horizon (or has expired).", []string{"horizon", "signer"}, nil)
 	trackedDesc = prometheus.NewDesc("nodecsr_node_certificates_tracked",
-		"Nodes for which nodecsr knows the newest issued kubelet client certificate.", nil, nil)
+		"Nodes for which nodecsr knows the newest issued kubelet certificate of the signer (client, serving).", []string{"signer"}, nil)
 )
 
-// Observe records the certificate of an issued CSR. A certificate that is
-// not newer than the one known for its node changes nothing.
+// Observe records the certificate of an issued kubelet CSR. A certificate
+// that is not newer than the one known for its node and signer changes
+// nothing.
 func (t *ExpiryTracker) Observe(csr *certificatesv1.CertificateSigningRequest) {
-	if csr.Spec.SignerName != KubeletClientSigner || len(csr.Status.Certificate) == 0 {
+	signer := SignerOf(csr.Spec.SignerName)
+	if signer&signersKubelet == 0 || len(csr.Status.Certificate) == 0 {
 		return
 	}
 	block, _ := pem.Decode(csr.Status.Certificate)
@@ -63,23 +74,27 @@ func (t *ExpiryTracker) Observe(csr *certificatesv1.CertificateSigningRequest) {
 	if !ok || node == "" {
 		return
 	}
-	t.ObserveCertificate(node, cert.NotBefore, cert.NotAfter, csr.Name)
+	t.ObserveCertificate(signer, node, cert.NotBefore, cert.NotAfter, csr.Name)
 }
 
-// ObserveCertificate records a kubelet client certificate of node known from
-// elsewhere than a CSR (the inventory, which outlives the CSRs). A
-// certificate that is not newer than the one known for the node changes
-// nothing.
-func (t *ExpiryTracker) ObserveCertificate(node string, notBefore, notAfter time.Time, csr string) {
+// ObserveCertificate records a kubelet certificate of node (signer
+// SignerClient or SignerServing) known from elsewhere than a CSR (the
+// inventory, which outlives the CSRs). A certificate that is not newer than
+// the one known for the node and signer changes nothing.
+func (t *ExpiryTracker) ObserveCertificate(signer Signer, node string, notBefore, notAfter time.Time, csr string) {
+	if signer != SignerClient && signer != SignerServing {
+		return
+	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if t.nodes == nil {
-		t.nodes = map[string]issuedCert{}
+		t.nodes = map[certKey]issuedCert{}
 	}
-	if known, ok := t.nodes[node]; ok && !newerCert(notBefore, notAfter, known) {
+	k := certKey{signer: signer, node: node}
+	if known, ok := t.nodes[k]; ok && !newerCert(notBefore, notAfter, known) {
 		return
 	}
-	t.nodes[node] = issuedCert{notBefore: notBefore, notAfter: notAfter, csr: csr}
+	t.nodes[k] = issuedCert{notBefore: notBefore, notAfter: notAfter, csr: csr}
 }
 
 // newerCert orders certificates by NotBefore, then NotAfter.
@@ -98,11 +113,12 @@ func (t *ExpiryTracker) ObserveUpdate(old, csr *certificatesv1.CertificateSignin
 	t.Observe(csr)
 }
 
-// Forget drops a node (its Node object was deleted).
+// Forget drops a node's certificates (its Node object was deleted).
 func (t *ExpiryTracker) Forget(node string) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	delete(t.nodes, node)
+	delete(t.nodes, certKey{signer: SignerClient, node: node})
+	delete(t.nodes, certKey{signer: SignerServing, node: node})
 }
 
 // Describe implements prometheus.Collector.
@@ -121,22 +137,30 @@ func (t *ExpiryTracker) Collect(ch chan<- prometheus.Metric) {
 	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	expiring := 0
-	for node, c := range t.nodes {
-		ch <- prometheus.MustNewConstMetric(expiryDesc, prometheus.GaugeValue, float64(c.notAfter.Unix()), node)
-		ch <- prometheus.MustNewConstMetric(issuedDesc, prometheus.GaugeValue, float64(c.notBefore.Unix()), node)
+	expiring, tracked := map[Signer]int{}, map[Signer]int{}
+	for k, c := range t.nodes {
+		signer := k.signer.String()
+		ch <- prometheus.MustNewConstMetric(expiryDesc, prometheus.GaugeValue, float64(c.notAfter.Unix()), k.node, signer)
+		ch <- prometheus.MustNewConstMetric(issuedDesc, prometheus.GaugeValue, float64(c.notBefore.Unix()), k.node, signer)
+		tracked[k.signer]++
 		if c.notAfter.Sub(now) < t.Horizon {
-			expiring++
+			expiring[k.signer]++
 		}
 	}
-	ch <- prometheus.MustNewConstMetric(expiringDesc, prometheus.GaugeValue, float64(expiring), t.Horizon.String())
-	ch <- prometheus.MustNewConstMetric(trackedDesc, prometheus.GaugeValue, float64(len(t.nodes)))
+	for _, s := range []Signer{SignerClient, SignerServing} {
+		if s == SignerServing && !t.Serving && tracked[s] == 0 {
+			continue
+		}
+		ch <- prometheus.MustNewConstMetric(expiringDesc, prometheus.GaugeValue, float64(expiring[s]), t.Horizon.String(), s.String())
+		ch <- prometheus.MustNewConstMetric(trackedDesc, prometheus.GaugeValue, float64(tracked[s]), s.String())
+	}
 }
 
-// Expiry returns the NotAfter of the newest certificate known for node.
-func (t *ExpiryTracker) Expiry(node string) (time.Time, bool) {
+// Expiry returns the NotAfter of the newest certificate of signer known for
+// node.
+func (t *ExpiryTracker) Expiry(signer Signer, node string) (time.Time, bool) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	c, ok := t.nodes[node]
+	c, ok := t.nodes[certKey{signer: signer, node: node}]
 	return c.notAfter, ok
 }

@@ -245,8 +245,14 @@ func (c *Controller) entrySeen(obj any) {
 	c.mu.Lock()
 	c.known[nc.Name] = struct{}{}
 	c.mu.Unlock()
-	if cl := nc.Status.Client; cl != nil && c.Expiry != nil {
-		c.Expiry.ObserveCertificate(nc.Name, cl.NotBefore.Time, cl.NotAfter.Time, cl.CSRName)
+	if c.Expiry == nil {
+		return
+	}
+	if cl := nc.Status.Client; cl != nil {
+		c.Expiry.ObserveCertificate(approver.SignerClient, nc.Name, cl.NotBefore.Time, cl.NotAfter.Time, cl.CSRName)
+	}
+	if sv := nc.Status.Serving; sv != nil {
+		c.Expiry.ObserveCertificate(approver.SignerServing, nc.Name, sv.NotBefore.Time, sv.NotAfter.Time, sv.CSRName)
 	}
 }
 

@@ -272,7 +272,7 @@ func RunWithConfig(ctx context.Context, o *Options, cfg *rest.Config) error {
 		},
 		Events:  events,
 		Metrics: approver.NewMetrics(ctrlmetrics.Registry, mgr.GetCache(), signers),
-		Expiry:  &approver.ExpiryTracker{Horizon: o.CertificateExpiryHorizon},
+		Expiry:  &approver.ExpiryTracker{Horizon: o.CertificateExpiryHorizon, Serving: serving},
 		Serving: serving,
 	}
 	if serving {

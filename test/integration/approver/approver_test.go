@@ -477,7 +477,7 @@ func TestCertificateExpiryMetricFollowsRenewalsAndRestarts(t *testing.T) {
 		t.Helper()
 		var got float64
 		err := poll(t, func(context.Context) (bool, error) {
-			got = metricValue(t, "nodecsr_node_certificate_expiry_timestamp_seconds", map[string]string{"node": node})
+			got = metricValue(t, "nodecsr_node_certificate_expiry_timestamp_seconds", map[string]string{"node": node, "signer": "client"})
 			return got == want, nil
 		})
 		if err != nil {

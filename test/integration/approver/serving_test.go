@@ -79,6 +79,10 @@ func TestServingTurnedOnByReloadNeedsRestart(t *testing.T) {
 	if waiting.Reason != approver.ReasonWaitingForNodeAddresses || waiting.Type != corev1.EventTypeWarning {
 		t.Fatalf("event %s/%s %q, want a WaitingForNodeAddresses warning", waiting.Type, waiting.Reason, waiting.Message)
 	}
+	// It counts as a pending serving CSR.
+	if v := metricValue(t, "nodecsr_pending_csrs", map[string]string{"signer": "serving"}); v < 1 {
+		t.Errorf("nodecsr_pending_csrs{signer=serving} = %v while a serving CSR waits", v)
+	}
 	n, err := admin.CoreV1().Nodes().Get(t.Context(), node, metav1.GetOptions{})
 	if err != nil {
 		t.Fatal(err)
@@ -111,6 +115,14 @@ func TestServingTurnedOnByReloadNeedsRestart(t *testing.T) {
 	if !slices.Equal(cert.DNSNames, []string{node}) || len(cert.IPAddresses) != 1 || !cert.IPAddresses[0].Equal(net.ParseIP(ip)) ||
 		!slices.Contains(cert.ExtKeyUsage, x509.ExtKeyUsageServerAuth) || slices.Contains(cert.ExtKeyUsage, x509.ExtKeyUsageClientAuth) {
 		t.Errorf("issued certificate: DNS %v, IP %v, ext key usages %v", cert.DNSNames, cert.IPAddresses, cert.ExtKeyUsage)
+	}
+	// The serving certificate's expiry is tracked beside the client one.
+	var expiry float64
+	if err := poll(t, func(context.Context) (bool, error) {
+		expiry = metricValue(t, "nodecsr_node_certificate_expiry_timestamp_seconds", map[string]string{"node": node, "signer": "serving"})
+		return expiry == float64(cert.NotAfter.Unix()), nil
+	}); err != nil {
+		t.Errorf("nodecsr_node_certificate_expiry_timestamp_seconds{node=%q,signer=serving} = %v, want %d", node, expiry, cert.NotAfter.Unix())
 	}
 	if v := metricValue(t, "nodecsr_decisions_total", map[string]string{"decision": "Approve", "reason": approver.ReasonServingApproved, "path": "Serving", "signer": "serving"}); v != 1 {
 		t.Errorf("nodecsr_decisions_total{Approve,ServingApproved,Serving,serving} = %v, want 1", v)

@@ -83,7 +83,7 @@ func TestInventorySurvivesRestartAfterCSRsAreDeleted(t *testing.T) {
 		t.Errorf("renewal entry: path %s, requester %s, lastRenewal %s (CSR created %s)", cl.Path, cl.Requester, nc.Status.LastRenewal, r.CreationTimestamp)
 	}
 	notAfter := float64(env.ParseCert(t, r.Status.Certificate).NotAfter.Unix())
-	waitMetric(t, expirySeries, map[string]string{"node": node}, notAfter)
+	waitMetric(t, expirySeries, map[string]string{"node": node, "signer": "client"}, notAfter)
 
 	ctx, cancel := testutil.Context(t)
 	defer cancel()
@@ -107,7 +107,7 @@ func TestInventorySurvivesRestartAfterCSRsAreDeleted(t *testing.T) {
 	if err := ctl.Start(ctx); err != nil {
 		t.Fatal(err)
 	}
-	waitMetric(t, expirySeries, map[string]string{"node": node}, notAfter)
+	waitMetric(t, expirySeries, map[string]string{"node": node, "signer": "client"}, notAfter)
 	entry(t, node, "still the renewed certificate after the restart", hasClient(t, r))
 }
 
@@ -208,12 +208,12 @@ func TestDeletingTheNodeDeletesItsEntry(t *testing.T) {
 	entry(t, node, "owned by its Node", func(nc *nodecsrv1alpha1.NodeCertificate) bool {
 		return hasClient(t, csr)(nc) && len(nc.OwnerReferences) == 1 && nc.OwnerReferences[0].Kind == "Node"
 	})
-	waitMetric(t, expirySeries, map[string]string{"node": node}, float64(env.ParseCert(t, csr.Status.Certificate).NotAfter.Unix()))
+	waitMetric(t, expirySeries, map[string]string{"node": node, "signer": "client"}, float64(env.ParseCert(t, csr.Status.Certificate).NotAfter.Unix()))
 	if err := admin.CoreV1().Nodes().Delete(t.Context(), node, metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	gone(t, node, "its Node was deleted")
-	waitMetric(t, expirySeries, map[string]string{"node": node}, 0)
+	waitMetric(t, expirySeries, map[string]string{"node": node, "signer": "client"}, 0)
 }
 
 // TestNeverRegisteredNameIsCollected: a name that got a certificate but
@@ -228,7 +228,7 @@ func TestNeverRegisteredNameIsCollected(t *testing.T) {
 	if got := metric(t, "nodecsr_inventory_writes_total", map[string]string{"operation": "delete"}); got != deletes+1 {
 		t.Errorf("nodecsr_inventory_writes_total{operation=delete} went from %v to %v, want one delete", deletes, got)
 	}
-	waitMetric(t, expirySeries, map[string]string{"node": node}, 0)
+	waitMetric(t, expirySeries, map[string]string{"node": node, "signer": "client"}, 0)
 }
 
 // TestRotationOverdue: a node whose client certificate is past its rotation
