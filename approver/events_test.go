@@ -324,6 +324,15 @@ func (h *yieldHarness) waitInFlight(t *testing.T, want int32) {
 	}
 }
 
+// finish lets the writes complete and checks that want Events were written.
+func (h *yieldHarness) finish(t *testing.T, want int32) {
+	t.Helper()
+	h.releaseWrites()
+	if !h.w.waitIdle(t.Context()) || h.written.Load() != want {
+		t.Fatalf("%d of %d Events written", h.written.Load(), want)
+	}
+}
+
 func names(prefix string, n int) []string {
 	var out []string
 	for i := range n {
@@ -341,10 +350,7 @@ func TestEventsYieldToDecisionsInProgress(t *testing.T) {
 	h.busy.Store(false)
 	h.w.signal()
 	h.waitInFlight(t, 8)
-	h.releaseWrites()
-	if !h.w.waitIdle(t.Context()) || h.written.Load() != 10 {
-		t.Fatalf("%d of 10 Events written", h.written.Load())
-	}
+	h.finish(t, 10)
 }
 
 func TestEventsStopYieldingWhenTheBacklogIsFull(t *testing.T) {
@@ -355,10 +361,7 @@ func TestEventsStopYieldingWhenTheBacklogIsFull(t *testing.T) {
 	// although reconciles are still in progress.
 	h.enqueue(t, "storm-4")
 	h.waitInFlight(t, 5)
-	h.releaseWrites()
-	if !h.w.waitIdle(t.Context()) || h.written.Load() != 5 {
-		t.Fatalf("%d of 5 Events written", h.written.Load())
-	}
+	h.finish(t, 5)
 }
 
 func TestEventDrainDoesNotYield(t *testing.T) {
