@@ -20,6 +20,7 @@ import (
 	"github.com/nodecsr/nodecsr/config"
 	"github.com/nodecsr/nodecsr/internal/csrtest"
 	"github.com/nodecsr/nodecsr/internal/testutil"
+	"github.com/nodecsr/nodecsr/test/env"
 	"github.com/nodecsr/nodecsr/webhook"
 )
 
@@ -44,7 +45,7 @@ func writePolicy(t *testing.T, content string) string {
 // leader's first decision is logged, not asserted.
 func TestLeaderFailoverDuringStorm(t *testing.T) {
 	policy := writePolicy(t, basePolicy)
-	id := uniqueName("nodecsr-failover")
+	id := env.UniqueName("nodecsr-failover")
 	a := startReplica(t, replicaOptions{name: id + "-a", policy: policy, leaderElectionID: id, lease: shortLease})
 	b := startReplica(t, replicaOptions{name: id + "-b", policy: policy, leaderElectionID: id, lease: shortLease})
 	leader := waitForLeader(t, id, a, b)
@@ -56,7 +57,7 @@ func TestLeaderFailoverDuringStorm(t *testing.T) {
 	}
 
 	const storm = 400
-	run := uniqueName("storm")
+	run := env.UniqueName("storm")
 	reqs := make([]request, storm)
 	for i := range reqs {
 		name := fmt.Sprintf("%s-%03d", run, i)
@@ -138,12 +139,12 @@ func leaseHolder(t *testing.T, id string) string {
 // the restart.
 func TestAPIServerRestart(t *testing.T) {
 	policy := writePolicy(t, basePolicy)
-	id := uniqueName("nodecsr-restart")
+	id := env.UniqueName("nodecsr-restart")
 	r := startReplica(t, replicaOptions{name: id, policy: policy, leaderElectionID: id,
 		lease: [3]time.Duration{60 * time.Second, 45 * time.Second, 2 * time.Second}})
 	waitForLeader(t, id, r)
 
-	run := uniqueName("restart")
+	run := env.UniqueName("restart")
 	mixed := func(phase string, n int) []request {
 		reqs := make([]request, n)
 		for i := range reqs {
@@ -195,7 +196,7 @@ func TestAPIServerRestart(t *testing.T) {
 // it again: every CSR is decided, the hostile ones denied for their reason.
 func TestControllerRestartWithBacklog(t *testing.T) {
 	policy := writePolicy(t, basePolicy)
-	id := uniqueName("nodecsr-backlog")
+	id := env.UniqueName("nodecsr-backlog")
 	o := replicaOptions{name: id, policy: policy, leaderElectionID: id, lease: chartLease}
 	first := startReplica(t, o)
 	waitForLeader(t, id, first)
@@ -205,7 +206,7 @@ func TestControllerRestartWithBacklog(t *testing.T) {
 		t.Errorf("%s exited with %v after SIGTERM, want success", first.name, first.waitErr)
 	}
 
-	run := uniqueName("backlog")
+	run := env.UniqueName("backlog")
 	var reqs []request
 	for i := range 120 {
 		name := fmt.Sprintf("%s-%03d", run, i)
@@ -221,7 +222,7 @@ func TestControllerRestartWithBacklog(t *testing.T) {
 		t.Fatal(err)
 	}
 	for i := range list.Items {
-		if strings.HasPrefix(list.Items[i].Name, run) && len(decisions(&list.Items[i])) > 0 {
+		if strings.HasPrefix(list.Items[i].Name, run) && len(env.Decisions(&list.Items[i])) > 0 {
 			t.Fatalf("%s was decided while nodecsr-controller was down: %+v", list.Items[i].Name, list.Items[i].Status.Conditions)
 		}
 	}
@@ -269,8 +270,8 @@ func TestWebhookDownHostileCSRs(t *testing.T) {
 	if _, _, err := serving.WriteFiles(certDir, "tls"); err != nil {
 		t.Fatal(err)
 	}
-	port := freePort(t)
-	name := uniqueName("nodecsr-webhook")
+	port := env.FreePort(t)
+	name := env.UniqueName("nodecsr-webhook")
 	withWebhooks := startReplica(t, replicaOptions{name: name + "-a", policy: policy, webhookCertDir: certDir, webhookPort: port})
 
 	opts := webhook.ConfigOptions{Name: name, URL: fmt.Sprintf("https://127.0.0.1:%d", port), CABundle: tc.ClusterCA().CertPEM, Self: selfUser}
@@ -310,7 +311,7 @@ func TestWebhookDownHostileCSRs(t *testing.T) {
 
 	withWebhooks.kill()
 	startReplica(t, replicaOptions{name: name + "-b", policy: policy})
-	run := uniqueName("nowebhook")
+	run := env.UniqueName("nowebhook")
 	reqs := hostile(run, 2)
 	if err := fileAll(t.Context(), reqs, 4, 0, nil); err != nil {
 		t.Fatalf("with the webhook down (failurePolicy Ignore) every CSR must be admitted: %v", err)
@@ -337,7 +338,7 @@ func TestBrokenPolicyReloadUnderLoad(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	name := uniqueName("nodecsr-reload")
+	name := env.UniqueName("nodecsr-reload")
 	r := startReplica(t, replicaOptions{name: name, policy: policy})
 	if r.metric(t, "nodecsr_policy_info", map[string]string{"digest": p.Digest}) != 1 {
 		t.Fatalf("policy %s is not in force", p.Digest)
@@ -350,7 +351,7 @@ func TestBrokenPolicyReloadUnderLoad(t *testing.T) {
 		afterBreak int
 	)
 	stop, done := make(chan struct{}), make(chan error, 1)
-	run := uniqueName("reload")
+	run := env.UniqueName("reload")
 	go func() {
 		tick := time.NewTicker(40 * time.Millisecond)
 		defer tick.Stop()

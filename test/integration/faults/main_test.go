@@ -18,7 +18,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"net/http"
 	"os"
 	"os/exec"
@@ -44,6 +43,7 @@ import (
 	"github.com/nodecsr/nodecsr/internal/csrtest"
 	"github.com/nodecsr/nodecsr/internal/testutil"
 	"github.com/nodecsr/nodecsr/test/cluster"
+	"github.com/nodecsr/nodecsr/test/env"
 )
 
 var (
@@ -142,19 +142,6 @@ func buildController(dir string) (string, error) {
 	return filepath.Join(dir, "nodecsr-controller"), cluster.BuildBinaries(context.Background(), dir, "./cmd/nodecsr-controller")
 }
 
-// uniqueName returns base with a random suffix: every test, and every
-// repetition under -count, has names of its own.
-func uniqueName(base string) string { return fmt.Sprintf("%s-%06x", base, rand.Uint32()>>8) }
-
-func freePort(t *testing.T) int {
-	t.Helper()
-	port, err := cluster.FreePort()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return port
-}
-
 // writeFile replaces path atomically, as a ConfigMap volume update does.
 func writeFile(t *testing.T, path, content string) {
 	t.Helper()
@@ -198,7 +185,7 @@ type replica struct {
 // process is stopped when the test ends, and its log printed if it failed.
 func startReplica(t *testing.T, o replicaOptions) *replica {
 	t.Helper()
-	metrics, health := freePort(t), freePort(t)
+	metrics, health := env.FreePort(t), env.FreePort(t)
 	r := &replica{
 		name:       o.name,
 		logPath:    filepath.Join(t.TempDir(), o.name+".log"),
@@ -249,7 +236,7 @@ func startReplica(t *testing.T, o replicaOptions) *replica {
 	t.Cleanup(func() {
 		r.stop()
 		if t.Failed() {
-			t.Logf("--- last lines of %s's log ---\n%s", r.name, tail(r.logPath, 25))
+			t.Logf("--- last lines of %s's log ---\n%s", r.name, env.Tail(r.logPath, 25))
 		}
 	})
 	err = wait.PollUntilContextTimeout(t.Context(), 100*time.Millisecond, testutil.Remaining(t), true, func(context.Context) (bool, error) {
@@ -299,18 +286,6 @@ func (r *replica) stop() bool {
 		r.kill()
 		return false
 	}
-}
-
-func tail(path string, n int) string {
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return err.Error()
-	}
-	lines := strings.Split(strings.TrimRight(string(data), "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
 }
 
 // metric scrapes the replica's /metrics and sums the samples of name whose
@@ -510,17 +485,6 @@ func fileAll(ctx context.Context, reqs []request, workers, perSecond int, progre
 	return errors.Join(all...)
 }
 
-// decisions are the Approved and Denied conditions of a CSR.
-func decisions(csr *certificatesv1.CertificateSigningRequest) []certificatesv1.CertificateSigningRequestCondition {
-	var out []certificatesv1.CertificateSigningRequestCondition
-	for _, c := range csr.Status.Conditions {
-		if c.Type == certificatesv1.CertificateApproved || c.Type == certificatesv1.CertificateDenied {
-			out = append(out, c)
-		}
-	}
-	return out
-}
-
 // waitDecided waits until every request's CSR has a decision and returns
 // the CSRs then.
 func waitDecided(t *testing.T, reqs []request) map[string]*certificatesv1.CertificateSigningRequest {
@@ -538,7 +502,7 @@ func waitDecided(t *testing.T, reqs []request) map[string]*certificatesv1.Certif
 		}
 		pending = pending[:0]
 		for _, r := range reqs {
-			if csr := all[r.name]; csr == nil || len(decisions(csr)) == 0 {
+			if csr := all[r.name]; csr == nil || len(env.Decisions(csr)) == 0 {
 				pending = append(pending, r.name)
 			}
 		}
@@ -584,14 +548,14 @@ func expectOneDecisionEach(t *testing.T, reqs []request) map[string][]corev1.Eve
 	var wrong, multi, approvedHostile, eventless, multiEvent []string
 	for _, r := range reqs {
 		csr := all[r.name]
-		ds := decisions(csr)
+		ds := env.Decisions(csr)
 		switch {
 		case len(ds) != 1:
 			multi = append(multi, fmt.Sprintf("%s: %d decisions %+v", r.name, len(ds), ds))
 		case ds[0].Type != r.typ || ds[0].Reason != r.reason:
 			wrong = append(wrong, fmt.Sprintf("%s: %s/%s (%s), want %s/%s", r.name, ds[0].Type, ds[0].Reason, ds[0].Message, r.typ, r.reason))
 		}
-		if r.typ == certificatesv1.CertificateDenied && (hasApproved(csr) || len(csr.Status.Certificate) > 0) {
+		if r.typ == certificatesv1.CertificateDenied && (env.HasApproved(csr) || len(csr.Status.Certificate) > 0) {
 			approvedHostile = append(approvedHostile, r.name)
 		}
 		var ours []corev1.Event
@@ -629,13 +593,4 @@ func expectOneDecisionEach(t *testing.T, reqs []request) map[string][]corev1.Eve
 	report("have no decision Event", eventless)
 	report("have more than one decision Event", multiEvent)
 	return events
-}
-
-func hasApproved(csr *certificatesv1.CertificateSigningRequest) bool {
-	for _, c := range csr.Status.Conditions {
-		if c.Type == certificatesv1.CertificateApproved {
-			return true
-		}
-	}
-	return false
 }

@@ -21,6 +21,7 @@ import (
 
 	"github.com/nodecsr/nodecsr/approver"
 	"github.com/nodecsr/nodecsr/test/cluster"
+	"github.com/nodecsr/nodecsr/test/env"
 )
 
 // TestLeaderPartition cuts the leader off from the API server while it keeps
@@ -36,7 +37,7 @@ import (
 func TestLeaderPartition(t *testing.T) {
 	ctx := untilDeadline(t)
 	policy := writePolicy(t, basePolicy)
-	id := uniqueName("nodecsr-partition")
+	id := env.UniqueName("nodecsr-partition")
 	proxy := startPartitionProxy(t, tc.Host())
 	// Each replica has a client certificate of its own (user = --pod-name),
 	// in auditedGroup: the audit log tells their writes apart.
@@ -57,7 +58,7 @@ func TestLeaderPartition(t *testing.T) {
 	aExited := make(chan time.Time, 1)
 	go func() { <-a.done; aExited <- time.Now() }()
 
-	load := startPartitionLoad(ctx, uniqueName("partition"))
+	load := startPartitionLoad(ctx, env.UniqueName("partition"))
 	t.Cleanup(load.finish)
 	waitUntil(t, ctx, fmt.Sprintf("%s deciding CSRs before the cut", a.name), func() (bool, error) {
 		decided, _ := a.scrape("nodecsr_decisions_total", nil)
