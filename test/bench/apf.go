@@ -171,16 +171,12 @@ func apfPart(ctx context.Context, want func(string) bool, step func(string, func
 
 func (e *env) measureAPF(ctx context.Context, o *options) (*apfResult, error) {
 	res := &apfResult{N: o.n, Rounds: o.rounds}
-	// The approver alone, as in the approve part: csrsigning would add a
-	// status update per approval.
-	if err := e.c.StopControllerManager(); err != nil {
+	// The approver alone, as in the approve part.
+	restore, err := e.withoutCSRSigning(ctx)
+	if err != nil {
 		return nil, err
 	}
-	defer func() {
-		if err := e.c.StartControllerManager(context.WithoutCancel(ctx)); err != nil {
-			e.logf("restarting kube-controller-manager (csrsigning): %v", err)
-		}
-	}()
+	defer restore()
 	if err := e.waitAPFBootstrap(ctx); err != nil {
 		return nil, err
 	}

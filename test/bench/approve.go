@@ -321,16 +321,12 @@ func (e *env) runApprove(ctx context.Context, o *options) (*approveResult, error
 	res.Note = fmt.Sprintf("kube-controller-manager's csrapproving decided %d CSRs, the others %d each: its rate is steady-state bound by its client (20 QPS, 2 requests per CSR), so a smaller N measures the same rate in less time. "+
 		"csrsigning was stopped during these runs: they measure time to the Approved condition, not to the certificate.", o.incumbentN, o.n)
 
-	// The approvers alone on the API server: csrsigning would add a status
-	// update per approval.
-	if err := e.c.StopControllerManager(); err != nil {
+	// The approvers alone on the API server.
+	restore, err := e.withoutCSRSigning(ctx)
+	if err != nil {
 		return nil, err
 	}
-	defer func() {
-		if err := e.c.StartControllerManager(context.WithoutCancel(ctx)); err != nil {
-			e.logf("restarting kube-controller-manager (csrsigning): %v", err)
-		}
-	}()
+	defer restore()
 
 	// nodecsr-controller as the chart installs it: its ServiceAccount (a
 	// token, not system:masters, which API Priority and Fairness exempts),
@@ -912,4 +908,17 @@ func eventQueueEmpty(ctx context.Context, metrics func(context.Context) (samples
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
+}
+
+// withoutCSRSigning stops kube-controller-manager (its csrsigning would add
+// a status update per approval) until restore starts it again.
+func (e *env) withoutCSRSigning(ctx context.Context) (restore func(), err error) {
+	if err := e.c.StopControllerManager(); err != nil {
+		return nil, err
+	}
+	return func() {
+		if err := e.c.StartControllerManager(context.WithoutCancel(ctx)); err != nil {
+			e.logf("restarting kube-controller-manager (csrsigning): %v", err)
+		}
+	}, nil
 }
