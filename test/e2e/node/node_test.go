@@ -36,6 +36,7 @@ import (
 	"testing"
 	"time"
 
+	"go.uber.org/zap/zapcore"
 	authenticationv1 "k8s.io/api/authentication/v1"
 	certificatesv1 "k8s.io/api/certificates/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -46,6 +47,8 @@ import (
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/kubernetes"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 
 	"github.com/nodecsr/nodecsr/approver"
 	"github.com/nodecsr/nodecsr/internal/testpki"
@@ -90,6 +93,9 @@ var hostPaths = []string{
 }
 
 func TestMain(m *testing.M) {
+	// The suite reads the inventory through a controller-runtime client:
+	// its errors only (without a logger it prints a stack trace instead).
+	ctrl.SetLogger(zap.New(zap.WriteTo(os.Stderr), zap.Level(zapcore.ErrorLevel)))
 	start := time.Now()
 	code := m.Run()
 	fmt.Fprintf(os.Stderr, "e2e-node suite wall time: %s\n", time.Since(start).Round(100*time.Millisecond))
