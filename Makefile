@@ -49,6 +49,8 @@ assets: ## Build etcd, kube-apiserver, kube-controller-manager, kubelet and prom
 test: assets ## Run unit and integration tests against a real local control plane, then each fuzz target briefly.
 	$(GO) test -timeout $(TEST_TIMEOUT) -count=1 $(TEST_FLAGS) ./...
 	cd test && $(GO) test -timeout $(TEST_TIMEOUT) -count=1 $(TEST_FLAGS) ./...
+	@echo ">> every Go benchmark once: they check their own results, and make bench prints them"
+	$(GO) test -run '^$$' -bench . -benchtime 1x ./approver/ ./webhook/
 	@$(MAKE) --no-print-directory fuzz FUZZTIME=$(TEST_FUZZTIME)
 
 .PHONY: fuzz

@@ -44,8 +44,9 @@ func BenchmarkMutate(b *testing.B) {
 	req := createRequest(b, csr, userOf(csr))
 	b.ReportAllocs()
 	for b.Loop() {
-		if resp := hs.mutate.Handle(b.Context(), req); resp.Patch == nil {
-			b.Fatal("no patch")
+		// The handler returns JSON patch operations; the server encodes them.
+		if resp := hs.mutate.Handle(b.Context(), req); len(resp.Patches) == 0 {
+			b.Fatalf("no patch: %+v", resp.Result)
 		}
 	}
 }

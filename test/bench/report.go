@@ -158,6 +158,7 @@ func goBenchmarks(ctx context.Context, logf func(string, ...any)) string {
 	cmd.Dir = root
 	out, err := cmd.CombinedOutput()
 	if err != nil {
+		logf("WARNING: the Go benchmarks failed (%v); their output goes into the report as it is", err)
 		return fmt.Sprintf("%s\n(go test failed: %v)", out, err)
 	}
 	return string(out)
