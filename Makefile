@@ -46,7 +46,7 @@ assets: ## Build etcd, kube-apiserver, kube-controller-manager, kubelet and prom
 	@hack/build-promtool.sh >/dev/null
 
 .PHONY: test
-test: assets ## Run unit and integration tests against a real local control plane, then each fuzz target briefly.
+test: assets ## Run unit and integration tests against a real local control plane, every Go benchmark once, then each fuzz target briefly.
 	$(GO) test -timeout $(TEST_TIMEOUT) -count=1 $(TEST_FLAGS) ./...
 	cd test && $(GO) test -timeout $(TEST_TIMEOUT) -count=1 $(TEST_FLAGS) ./...
 	@echo ">> every Go benchmark once: they check their own results, and make bench prints them"
