@@ -546,7 +546,16 @@ type roundTripFunc func(*http.Request) (*http.Response, error)
 func (f roundTripFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
 
 func pollUntil(ctx context.Context, timeout time.Duration, cond func() (bool, error)) error {
-	deadline := time.Now().Add(timeout)
+	return pollEvery(ctx, timeout, 200*time.Millisecond, cond)
+}
+
+// pollEvery checks cond every interval until it holds, it fails, timeout
+// passes (none if not positive: ctx alone bounds it) or ctx ends.
+func pollEvery(ctx context.Context, timeout, interval time.Duration, cond func() (bool, error)) error {
+	var deadline time.Time
+	if timeout > 0 {
+		deadline = time.Now().Add(timeout)
+	}
 	for {
 		ok, err := cond()
 		if err != nil {
@@ -555,13 +564,13 @@ func pollUntil(ctx context.Context, timeout time.Duration, cond func() (bool, er
 		if ok {
 			return nil
 		}
-		if time.Now().After(deadline) {
+		if !deadline.IsZero() && time.Now().After(deadline) {
 			return errTimeout
 		}
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
-		case <-time.After(200 * time.Millisecond):
+		case <-time.After(interval):
 		}
 	}
 }

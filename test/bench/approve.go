@@ -436,7 +436,7 @@ func (e *env) runApprove(ctx context.Context, o *options) (*approveResult, error
 				},
 				stop: func() { cancel(); <-finished },
 			}
-			if pat == patternAsyncEvent || pat == patternPatchAsyncEvent {
+			if pat.asyncEvent() {
 				// The loop returns once its Event writers are done.
 				r.eventsWritten = func(ctx context.Context) error {
 					select {
@@ -754,6 +754,12 @@ func parsePatterns(s string) ([]pattern, error) {
 	return out, nil
 }
 
+// asyncEvent reports whether the pattern hands its Events to separate
+// writers.
+func (p pattern) asyncEvent() bool {
+	return p == patternAsyncEvent || p == patternPatchAsyncEvent
+}
+
 func (p pattern) describe() string {
 	switch p {
 	case patternNodecsr:
@@ -809,7 +815,7 @@ func (e *env) bareLoop(ctx context.Context, as *rest.Config, group string, worke
 		eventErr error
 		eventMu  sync.Mutex
 	)
-	async := pat == patternAsyncEvent || pat == patternPatchAsyncEvent
+	async := pat.asyncEvent()
 	if async {
 		events = make(chan *certificatesv1.CertificateSigningRequest, asyncEventQueue)
 		for range asyncEventWriters {
@@ -889,25 +895,24 @@ func (e *env) bareLoop(ctx context.Context, as *rest.Config, group string, worke
 }
 
 // eventQueueEmpty waits until nodecsr-controller's decision Event writer
-// holds no Event (nodecsr_event_queue_depth 0), polling its metrics.
+// holds no Event (nodecsr_event_queue_depth 0), polling its metrics often
+// enough to time the Events' trail.
 func eventQueueEmpty(ctx context.Context, metrics func(context.Context) (samples, error), exited func() error) error {
-	for {
+	var held float64
+	err := pollEvery(ctx, 0, 50*time.Millisecond, func() (bool, error) {
 		m, err := metrics(ctx)
 		if err != nil {
-			return err
+			return false, err
 		}
-		if m.sum("nodecsr_event_queue_depth") == 0 {
-			return nil
+		if held = m.sum("nodecsr_event_queue_depth"); held == 0 {
+			return true, nil
 		}
-		if err := exited(); err != nil {
-			return err
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("%w: %v decision Events still held", ctx.Err(), m.sum("nodecsr_event_queue_depth"))
-		case <-time.After(50 * time.Millisecond):
-		}
+		return false, exited()
+	})
+	if err != nil && ctx.Err() != nil {
+		return fmt.Errorf("%w: %v decision Events still held", err, held)
 	}
+	return err
 }
 
 // withoutCSRSigning stops kube-controller-manager (its csrsigning would add
