@@ -273,7 +273,7 @@ func newYieldHarness(t *testing.T, workers, yieldWorkers, yieldBelow int) *yield
 		}
 		h.written.Add(1)
 		return nil
-	}, NewMetrics(prometheus.NewRegistry(), nil, 0), eventWriterOptions{
+	}, NewMetrics(prometheus.NewRegistry(), nil, false), eventWriterOptions{
 		Workers: workers, YieldWorkers: yieldWorkers, YieldBelow: yieldBelow,
 		Busy: h.busy.Load, Drain: time.Hour, // the drain ends when every Event is written
 	})

@@ -148,7 +148,7 @@ func (t *ExpiryTracker) Collect(ch chan<- prometheus.Metric) {
 		}
 	}
 	for _, s := range []Signer{SignerClient, SignerServing} {
-		if s == SignerServing && !t.Serving && tracked[s] == 0 {
+		if s&signersFor(t.Serving) == 0 && tracked[s] == 0 {
 			continue
 		}
 		ch <- prometheus.MustNewConstMetric(expiringDesc, prometheus.GaugeValue, float64(expiring[s]), t.Horizon.String(), s.String())

@@ -23,9 +23,9 @@ type Metrics struct {
 
 // NewMetrics creates the approver's metrics and registers them with reg.
 // pending, when set, backs nodecsr_pending_csrs (read from the cache at
-// scrape time), a series for each of signers (SignerClient, and
-// SignerServing when serving CSRs are decided).
-func NewMetrics(reg prometheus.Registerer, pending client.Reader, signers Signer) *Metrics {
+// scrape time): a series for client CSRs and, with serving (serving CSRs
+// are decided), one for serving CSRs.
+func NewMetrics(reg prometheus.Registerer, pending client.Reader, serving bool) *Metrics {
 	m := &Metrics{
 		Decisions: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "nodecsr_decisions_total",
@@ -63,11 +63,20 @@ func NewMetrics(reg prometheus.Registerer, pending client.Reader, signers Signer
 	}
 	collectors := []prometheus.Collector{m.Decisions, m.DecisionLatency, m.DecidedElsewhere, m.WriteConflicts, m.EventErrors, m.FactErrors, m.EventQueueDepth, m.EventsAbandoned}
 	if pending != nil {
-		collectors = append(collectors, pendingCollector{reader: pending, signers: signers & signersKubelet, desc: prometheus.NewDesc(
+		collectors = append(collectors, pendingCollector{reader: pending, signers: signersFor(serving), desc: prometheus.NewDesc(
 			"nodecsr_pending_csrs", "Kubelet CSRs without a decision or certificate, from nodecsr's cache, by signer (client, and serving when enabled at startup).", []string{"signer"}, nil)})
 	}
 	reg.MustRegister(collectors...)
 	return m
+}
+
+// signersFor is the signers nodecsr decides: client CSRs, and serving CSRs
+// with serving.
+func signersFor(serving bool) Signer {
+	if serving {
+		return signersKubelet
+	}
+	return SignerClient
 }
 
 // pendingCollector counts pending CSRs in the cache when scraped, by signer.

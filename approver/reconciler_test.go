@@ -96,7 +96,7 @@ func newHarnessWith(t *testing.T, policyYAML string, funcs interceptor.Funcs, co
 			Clock:      clk,
 		},
 		Events:  &EventRecorder{Client: c, Instance: "test", Namespace: "default"},
-		Metrics: NewMetrics(prometheus.NewRegistry(), nil, 0),
+		Metrics: NewMetrics(prometheus.NewRegistry(), nil, false),
 		Clock:   clk,
 		// A test that stops the writer with Events it cannot write does not
 		// wait the default 5s.

@@ -255,10 +255,6 @@ func RunWithConfig(ctx context.Context, o *Options, cfg *rest.Config) error {
 		return fmt.Errorf("failed to create the manager: %w", err)
 	}
 	events = &approver.EventRecorder{Client: mgr.GetClient(), Instance: o.instance(), Namespace: o.EventsNamespace}
-	signers := approver.SignerClient
-	if serving {
-		signers |= approver.SignerServing
-	}
 	r = &approver.Reconciler{
 		Client:    mgr.GetClient(),
 		APIReader: mgr.GetAPIReader(),
@@ -271,7 +267,7 @@ func RunWithConfig(ctx context.Context, o *Options, cfg *rest.Config) error {
 			Clock:      clock.RealClock{},
 		},
 		Events:  events,
-		Metrics: approver.NewMetrics(ctrlmetrics.Registry, mgr.GetCache(), signers),
+		Metrics: approver.NewMetrics(ctrlmetrics.Registry, mgr.GetCache(), serving),
 		Expiry:  &approver.ExpiryTracker{Horizon: o.CertificateExpiryHorizon, Serving: serving},
 		Serving: serving,
 	}
